@@ -128,7 +128,7 @@ final class BenchCommand implements Runnable {
             try (Backend be = model.backend(); Model m = model.load(be)) {
                 Transformer t = m.transformer();
                 Batch b = Batch.of(randomTokens(batch, tokens, t.config().vocab(), 1));
-                Predicate<String> wanted = cache.isEmpty() ? null : RunCommand.patterns(cache, t.hookNames());
+                Predicate<String> wanted = cache.isEmpty() ? null : RunCommand.patterns(cache, t.allHookNames());
                 long before = residentKb();
                 resetPeakResident();
                 long[] activationBytes = {0};

@@ -54,7 +54,7 @@ final class RunCommand implements Runnable {
             int[][] ids = input.tokens != null ? ModelOptions.parseTokens(input.tokens)
                     : new int[][]{model.tokenizer(m).encode(input.prompt)};
             Transformer t = m.transformer();
-            Predicate<String> wanted = patterns(cache, t.hookNames());
+            Predicate<String> wanted = patterns(cache, t.allHookNames());
             Map<String, Tensor> cached = new LinkedHashMap<>();
             Transformer.Forward f = t.forward(s, Batch.of(ids), new Hooks().cache(wanted, s, cached));
             SafeTensorsWriter w = new SafeTensorsWriter();
@@ -79,7 +79,7 @@ final class RunCommand implements Runnable {
                 throw new LoupeException("--cache " + p + " matches no hook; nearest: " + String.join(", ", Hooks.nearest(p, names, 4)));
             ps.add(g);
         }
-        return n -> ps.stream().anyMatch(p -> p.test(n));
+        return (Hooks.Selector) n -> ps.stream().anyMatch(p -> p.test(n));
     }
 
     static long[] shapeOf(Tensor t) {

@@ -36,11 +36,15 @@ public final class Hooks {
 
     /** Attaches {@code fn} at the hook point named exactly {@code name} (checked against the model). */
     public Hooks add(String name, HookFn fn) {
-        entries.add(new Entry(name::equals, name, fn));
+        entries.add(new Entry((Selector) name::equals, name, fn));
         return this;
     }
 
-    /** Attaches {@code fn} at every hook point whose name matches. */
+    /**
+     * Attaches {@code fn} at every hook point whose name matches. A plain predicate never selects an
+     * on-demand point ({@link HookPoint#onDemand}); a {@link Selector} (an exact name, a {@link #glob})
+     * decides about those too.
+     */
     public Hooks add(Predicate<String> names, HookFn fn) {
         entries.add(new Entry(names, null, fn));
         return this;
@@ -69,10 +73,26 @@ public final class Hooks {
     }
 
     /**
-     * A glob over hook names: {@code *} matches within one dot-separated part or across parts
-     * ({@code blocks.*.hook_resid_post}, {@code *} for all, {@code blocks.3.attn.*}).
+     * A name filter that decides about on-demand hook points ({@link HookPoint#onDemand}) itself. A plain
+     * {@link Predicate} is asked about the usual points only, so that {@code n -> true} means
+     * "TransformerLens's default set" and costs no per-head copies of the residual stream.
      */
-    public static Predicate<String> glob(String pattern) {
+    @FunctionalInterface
+    public interface Selector extends Predicate<String> {}
+
+    /** Whether filter {@code p} selects the hook named {@code name} (the rule of {@link Selector}). */
+    public static boolean selects(Predicate<String> p, String name) {
+        return (p instanceof Selector || !HookPoint.isOnDemand(name)) && p.test(name);
+    }
+
+    /**
+     * A glob over hook names: {@code *} matches within one dot-separated part or across parts
+     * ({@code blocks.*.hook_resid_post}, {@code *} for all, {@code blocks.3.attn.*}). An on-demand point
+     * (a split input: {@code hook_q_input}, {@code hook_k_input}, {@code hook_v_input},
+     * {@code hook_attn_in}, {@code hook_mlp_in}) is selected only by a glob that spells out {@code _in}
+     * ({@code blocks.*.hook_q_input}, {@code blocks.2.hook_*_in*}); {@code *} leaves them out.
+     */
+    public static Selector glob(String pattern) {
         StringBuilder re = new StringBuilder();
         for (char c : pattern.toCharArray()) {
             if (c == '*') re.append(".*");
@@ -80,7 +100,8 @@ public final class Hooks {
             else re.append(Pattern.quote(String.valueOf(c)));
         }
         Pattern p = Pattern.compile(re.toString());
-        return s -> p.matcher(s).matches();
+        boolean namesInputs = pattern.contains("_in");
+        return s -> p.matcher(s).matches() && (namesInputs || !HookPoint.isOnDemand(s));
     }
 
     /** Throws for an exact name the model does not have, listing the nearest names. */
@@ -159,7 +180,7 @@ public final class Hooks {
         for (Entry e : entries) {
             if (e.exactName() != null) checkName(e.exactName(), existing);
             for (int i = 0; i < names.length; i++) {
-                if (names[i] == null || !e.names().test(names[i])) continue;
+                if (names[i] == null || !selects(e.names(), names[i])) continue;
                 HookFn[] old = fns[i];
                 HookFn[] grown = old == null ? new HookFn[1] : Arrays.copyOf(old, old.length + 1);
                 grown[grown.length - 1] = e.fn();

@@ -575,13 +575,17 @@ public final class Backward {
         List<String> existing = new ArrayList<>();
         for (String name : model.hookNames()) if (!name.endsWith("hook_scale")) existing.add(name);
         for (HookPoint p : HookPoint.values()) {
-            if (!p.existsIn(cfg) || p.suffix.endsWith("hook_scale")) continue;
+            if (!p.existsIn(cfg) || p.suffix.endsWith("hook_scale") || p.onDemand) continue;
             if (p.perLayer) for (int l = 0; l < cfg.nLayers(); l++) names[slot(p, l)] = p.name(l);
             else names[slot(p, -1)] = p.name(-1);
         }
         try {
             return hooks.bind(names, existing);
         } catch (LoupeException e) {
+            if (e.getMessage() != null && model.onDemandHookNames().stream().anyMatch(n -> e.getMessage().contains("'" + n + "'")))
+                throw new LoupeException("backward hooks: " + e.getMessage().split(";")[0]
+                        + " is a split input, which the backward pass does not go through; hook "
+                        + "hook_resid_pre (or ln1.hook_normalized / hook_resid_mid) instead");
             if (e.getMessage() != null && e.getMessage().contains("hook_scale'"))
                 throw new LoupeException("backward hooks: " + e.getMessage().split(";")[0]
                         + " has no gradient in the backward pass (the norm backward is fused); hook "
@@ -614,6 +618,10 @@ public final class Backward {
                 throw new LoupeException("backward: the forward computed logits for the last position only (lastLogitsOnly): "
                         + "run it with logits for every position");
         }
+        if (f.splitInputEdited >= 0)
+            throw new LoupeException("backward: a hook edited a split input (hook_q_input, hook_k_input, hook_v_input or "
+                    + "hook_attn_in) of block " + f.splitInputEdited + "; the backward pass does not go through per-head "
+                    + "inputs: edit hook_q/hook_k/hook_v or the residual stream instead");
         int stop = opts.stopLayer();
         if (stop < 0 || stop > top)
             throw new LoupeException("backward: stop layer " + stop + " must be in [0, " + top + "] (the start layer)");

@@ -28,7 +28,7 @@ public final class Transformer {
     private final Weights w;
     private final Backend be;
     private final String[] slotNames;
-    private final List<String> hookNames;
+    private final List<String> hookNames, onDemandHookNames, knownHookNames;
     private static final int NP = HookPoint.values().length;
 
     public Transformer(ModelConfig cfg, Weights weights, Backend backend) {
@@ -48,11 +48,16 @@ public final class Transformer {
         // Names in forward order: model-level inputs, then block by block, then the final points.
         for (HookPoint p : HookPoint.values())
             if (!p.perLayer && p.existsIn(cfg) && p.ordinal() < HookPoint.RESID_PRE.ordinal()) names.add(p.name(-1));
+        List<String> onDemand = new ArrayList<>();
         for (int l = 0; l < cfg.nLayers(); l++)
-            for (HookPoint p : HookPoint.values()) if (p.perLayer && p.existsIn(cfg)) names.add(p.name(l));
+            for (HookPoint p : HookPoint.values()) if (p.perLayer && p.existsIn(cfg)) (p.onDemand ? onDemand : names).add(p.name(l));
         for (HookPoint p : HookPoint.values())
             if (!p.perLayer && p.existsIn(cfg) && p.ordinal() > HookPoint.RESID_POST.ordinal()) names.add(p.name(-1));
         this.hookNames = Collections.unmodifiableList(names);
+        this.onDemandHookNames = List.copyOf(onDemand);
+        List<String> known = new ArrayList<>(names);
+        known.addAll(onDemand);
+        this.knownHookNames = List.copyOf(known);
     }
 
     private int slot(HookPoint p, int layer) {
@@ -71,9 +76,30 @@ public final class Transformer {
         return be;
     }
 
-    /** Every hook name this model fires, in the order a forward pass fires them. */
+    /**
+     * Every hook name a forward pass fires, in the order it fires them (TransformerLens's
+     * {@code run_with_cache} set), without the on-demand split inputs ({@link #onDemandHookNames}).
+     */
     public List<String> hookNames() {
         return hookNames;
+    }
+
+    /**
+     * The split inputs ({@code blocks.{l}.hook_q_input, hook_k_input, hook_v_input, hook_attn_in,
+     * hook_mlp_in}; see {@link HookPoint#onDemand}): computed only when a hook names them.
+     */
+    public List<String> onDemandHookNames() {
+        return onDemandHookNames;
+    }
+
+    /** Whether {@code name} is one of this model's hook points, on-demand ones included. */
+    public boolean hasHook(String name) {
+        return knownHookNames.contains(name);
+    }
+
+    /** {@link #hookNames} and {@link #onDemandHookNames}, for messages listing the nearest names. */
+    public List<String> allHookNames() {
+        return knownHookNames;
     }
 
     // ------------------------------------------------------------------ activations
@@ -94,6 +120,8 @@ public final class Transformer {
         /** The residual after the last block run (the input of the final norm when all blocks ran). */
         public Tensor residFinal;
         public int batch, pos;
+        /** The first block whose q, k or v a hook on a split input edited (-1: none); the backward refuses those. */
+        public int splitInputEdited = -1;
     }
 
     /**
@@ -145,7 +173,7 @@ public final class Transformer {
         final int BT = B * T;
         KVCache cache = opts.cache();
         validate(batch, cache);
-        Hooks.Bound hk = hooks.bind(slotNames, hookNames);
+        Hooks.Bound hk = hooks.bind(slotNames, knownHookNames);
         int past = cache == null ? 0 : cache.length();
         int tk = past + T;
 
@@ -194,11 +222,16 @@ public final class Transformer {
             a.residPre = resid;
             fire(hk, HookPoint.RESID_PRE, l, a.residPre, scope, past);
 
-            // ---- attention
+            // ---- attention (split inputs, when hooked, are per-head copies of resid_pre: see HookPoint.onDemand)
+            Tensor attnIn = splitInput(hk, HookPoint.ATTN_IN, l, a.residPre, H, null, B, T, scope, past);
+            Tensor qIn = splitInput(hk, HookPoint.Q_INPUT, l, a.residPre, H, attnIn, B, T, scope, past);
+            Tensor kIn = splitInput(hk, HookPoint.K_INPUT, l, a.residPre, HKV, attnIn, B, T, scope, past);
+            Tensor vIn = splitInput(hk, HookPoint.V_INPUT, l, a.residPre, HKV, attnIn, B, T, scope, past);
             a.ln1Out = norm(a.ln1Out, a.ln1Norm, a.ln1Scale, a.residPre, lw.ln1W, lw.ln1B, BT, hk, HookPoint.LN1_SCALE, HookPoint.LN1_NORMALIZED, l, scope, past);
-            linear(a.q, a.ln1Out, lw.wQ, lw.bQ, B, T);
-            linear(a.k, a.ln1Out, lw.wK, lw.bK, B, T);
-            linear(a.v, a.ln1Out, lw.wV, lw.bV, B, T);
+            projection(a.q, a.ln1Out, qIn, lw.wQ, lw.bQ, lw, B, T, H, scope);
+            projection(a.k, a.ln1Out, kIn, lw.wK, lw.bK, lw, B, T, HKV, scope);
+            projection(a.v, a.ln1Out, vIn, lw.wV, lw.bV, lw, B, T, HKV, scope);
+            if ((qIn != null || kIn != null || vIn != null) && f.splitInputEdited < 0) f.splitInputEdited = l;
             fire(hk, HookPoint.Q, l, a.q, scope, past);
             fire(hk, HookPoint.K, l, a.k, scope, past);
             fire(hk, HookPoint.V, l, a.v, scope, past);
@@ -285,7 +318,14 @@ public final class Transformer {
     /** The MLP of one block: resid_post = resid_mid + mlp_out. */
     private void mlp(LayerActs a, Weights.Layer lw, int B, int T, int M, Hooks.Bound hk, int l, Scope scope, int past) {
         int C = cfg.dModel(), BT = B * T;
-        a.ln2Out = norm(a.ln2Out, a.ln2Norm, a.ln2Scale, a.residMid, lw.ln2W, lw.ln2B, BT, hk, HookPoint.LN2_SCALE, HookPoint.LN2_NORMALIZED, l, scope, past);
+        Tensor mlpIn = a.residMid;
+        int inSlot = slot(HookPoint.MLP_IN, l);
+        if (hk.active(inSlot)) {
+            // A copy, so that an edit reaches the MLP but not the residual stream (hook_mlp_in of TransformerLens).
+            Tensor copy = scope.copyOf(a.residMid);
+            if (hk.fire(inSlot, copy, HookPoint.MLP_IN, l, scope, past)) mlpIn = copy;
+        }
+        a.ln2Out = norm(a.ln2Out, a.ln2Norm, a.ln2Scale, mlpIn, lw.ln2W, lw.ln2B, BT, hk, HookPoint.LN2_SCALE, HookPoint.LN2_NORMALIZED, l, scope, past);
         if (cfg.gatedMlp()) {
             linear(a.pre, a.ln2Out, lw.wGate, lw.bGate, B, T);
             fire(hk, HookPoint.MLP_PRE, l, a.pre, scope, past);
@@ -373,6 +413,50 @@ public final class Transformer {
         if (bias != null) be.addBias(out.buffer(), out.offset(), bias.buffer(), bias.offset(), B * T, outF);
     }
 
+    /**
+     * Fires split input {@code p} when hooked: {@code [batch, pos, n, d_model]}, each of the n heads a copy
+     * of {@code resid} (or of {@code from}, an edited hook_attn_in). Returns the tensor when a hook may have
+     * edited it (the projection must then read it), else the edited {@code from}, else null.
+     */
+    private Tensor splitInput(Hooks.Bound hk, HookPoint p, int l, Tensor resid, int n, Tensor from, int B, int T, Scope scope, int past) {
+        int s = slot(p, l);
+        if (!hk.active(s)) return from;
+        int C = cfg.dModel();
+        Tensor x = scope.empty(B, T, n, C);
+        if (from != null) {
+            x.copyFrom(from);
+        } else {
+            // Broadcast over heads: a source stride of 0 along the head axis.
+            be.copyStrided(x.buffer(), x.offset(), new long[]{0, (long) n * C, C, 1}, resid.buffer(), resid.offset(),
+                    new long[]{0, C, 0, 1}, new int[]{1, B * T, n, C}, false);
+        }
+        return hk.fire(s, x, p, l, scope, past) ? x : from;
+    }
+
+    /**
+     * q, k or v {@code out [batch, pos, n, d_head]}: from the block's ln1 output, or, when {@code split}
+     * {@code [batch, pos, n, d_model]} is given, head by head from ln1 of that head's own input
+     * (TransformerLens's einsum over {@code head_index} with {@code use_split_qkv_input}). The ln1 hooks
+     * are not fired again for the split rows.
+     */
+    private void projection(Tensor out, Tensor ln1Out, Tensor split, Tensor weight, Tensor bias, Weights.Layer lw,
+                            int B, int T, int n, Scope scope) {
+        if (split == null) {
+            linear(out, ln1Out, weight, bias, B, T);
+            return;
+        }
+        int C = cfg.dModel(), D = cfg.dHead(), rows = B * T * n;
+        Tensor in = split;
+        if (cfg.norm() != ModelConfig.Norm.NONE) {
+            in = scope.empty(B, T, n, C);
+            applyNorm(in, in, scope.empty(B, T, n, 1), split, lw.ln1W, lw.ln1B, rows);
+        }
+        // out[bt, h, :] = in[bt, h, :] · W[h*D:(h+1)*D, :]ᵀ, batched over the heads.
+        be.gemm(false, true, B * T, D, C, 1f, in.buffer(), in.offset(), n * C, C,
+                weight.buffer(), weight.offset(), C, (long) D * C, 0f, out.buffer(), out.offset(), n * D, D, n);
+        if (bias != null) be.addBias(out.buffer(), out.offset(), bias.buffer(), bias.offset(), B * T, n * D);
+    }
+
     private void activation(Tensor out, Tensor x, long n) {
         activation(be, cfg.act(), out, x, n);
     }
@@ -398,12 +482,7 @@ public final class Transformer {
         int C = cfg.dModel();
         Buffer gb = gain == null ? null : gain.buffer(), bb = bias == null ? null : bias.buffer();
         long go = gain == null ? 0 : gain.offset(), bo = bias == null ? 0 : bias.offset();
-        if (cfg.norm() == ModelConfig.Norm.LAYER_NORM)
-            be.layerNorm(out.buffer(), out.offset(), normalized.buffer(), normalized.offset(), scale.buffer(), scale.offset(),
-                    x.buffer(), x.offset(), gb, go, bb, bo, rows, C, cfg.normEps());
-        else
-            be.rmsNorm(out.buffer(), out.offset(), normalized.buffer(), normalized.offset(), scale.buffer(), scale.offset(),
-                    x.buffer(), x.offset(), gb, go, rows, C, cfg.normEps());
+        applyNorm(out, normalized, scale, x, gain, bias, rows);
         int ss = slot(scaleP, layer), ns = slot(normP, layer);
         if (hk.active(ss)) hk.fire(ss, scale, scaleP, layer, scope, past);
         if (hk.active(ns) && hk.fire(ns, normalized, normP, layer, scope, past)) {
@@ -411,6 +490,19 @@ public final class Transformer {
             if (out != normalized) be.scaleShiftRows(out.buffer(), out.offset(), normalized.buffer(), normalized.offset(), gb, go, bb, bo, rows, C);
         }
         return out;
+    }
+
+    /** The configured norm (not NONE) of {@code x [rows, d_model]}, without hooks. */
+    private void applyNorm(Tensor out, Tensor normalized, Tensor scale, Tensor x, Tensor gain, Tensor bias, int rows) {
+        int C = cfg.dModel();
+        Buffer gb = gain == null ? null : gain.buffer(), bb = bias == null ? null : bias.buffer();
+        long go = gain == null ? 0 : gain.offset(), bo = bias == null ? 0 : bias.offset();
+        if (cfg.norm() == ModelConfig.Norm.LAYER_NORM)
+            be.layerNorm(out.buffer(), out.offset(), normalized.buffer(), normalized.offset(), scale.buffer(), scale.offset(),
+                    x.buffer(), x.offset(), gb, go, bb, bo, rows, C, cfg.normEps());
+        else
+            be.rmsNorm(out.buffer(), out.offset(), normalized.buffer(), normalized.offset(), scale.buffer(), scale.offset(),
+                    x.buffer(), x.offset(), gb, go, rows, C, cfg.normEps());
     }
 
     /**

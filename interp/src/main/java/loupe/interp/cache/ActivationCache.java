@@ -118,10 +118,10 @@ public final class ActivationCache implements AutoCloseable {
     public Hooks attach(Hooks hooks, CacheRequest req) {
         if (model != null)
             for (String n : req.exactNames())
-                if (!model.hookNames().contains(n))
+                if (!model.hasHook(n))
                     throw new LoupeException("cache request: unknown hook name '" + n + "'; nearest: "
-                            + String.join(", ", Hooks.nearest(n, model.hookNames(), 4)));
-        return hooks.add(req::selects, HookFn.reader((x, ctx) -> record(x, ctx, req)));
+                            + String.join(", ", Hooks.nearest(n, model.allHookNames(), 4)));
+        return hooks.add((Hooks.Selector) req::selects, HookFn.reader((x, ctx) -> record(x, ctx, req)));
     }
 
     /**

@@ -123,9 +123,13 @@ public final class CacheRequest {
         return meanAcrossRuns;
     }
 
+    /**
+     * Whether this request caches hook {@code name}. On-demand points (split inputs) are selected by an
+     * exact name or a glob that names them, never by {@link #all()} or a plain predicate ({@link Hooks#selects}).
+     */
     public boolean selects(String name) {
         if (exact.contains(name)) return true;
-        for (Predicate<String> p : predicates) if (p.test(name)) return true;
+        for (Predicate<String> p : predicates) if (Hooks.selects(p, name)) return true;
         return false;
     }
 

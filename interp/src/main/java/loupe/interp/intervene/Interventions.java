@@ -89,9 +89,9 @@ public final class Interventions {
     private static Predicate<String> names(Transformer model, Intervention iv) {
         String h = iv.hook();
         if (h.contains("*") || h.contains("?")) return Hooks.glob(h);
-        if (!model.hookNames().contains(h))
-            throw new LoupeException("intervention at unknown hook '" + h + "'; nearest: " + String.join(", ", Hooks.nearest(h, model.hookNames(), 4)));
-        return h::equals;
+        if (!model.hasHook(h))
+            throw new LoupeException("intervention at unknown hook '" + h + "'; nearest: " + String.join(", ", Hooks.nearest(h, model.allHookNames(), 4)));
+        return (Hooks.Selector) h::equals;
     }
 
     private static ActivationCache source(Map<String, ActivationCache> sources, String name, Intervention iv) {

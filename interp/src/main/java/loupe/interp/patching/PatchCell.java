@@ -44,7 +44,7 @@ public record PatchCell(HookPoint point, int layer, int pos, int head, int srcPo
         public static Layout of(HookPoint p) {
             return switch (p) {
                 case PATTERN, ATTN_SCORES -> HEAD_DEST_SRC;
-                case Q, K, V, ROT_Q, ROT_K, Z, RESULT -> POS_HEAD;
+                case Q, K, V, ROT_Q, ROT_K, Z, RESULT, ATTN_IN, Q_INPUT, K_INPUT, V_INPUT -> POS_HEAD;
                 default -> POS;
             };
         }

@@ -244,6 +244,30 @@ class InterventionsTest {
         }
     }
 
+    @ParameterizedTest
+    @ValueSource(strings = {"gpt2-tiny-b", "llama"})
+    void patchingOneHeadsQueryInputEqualsPatchingThatHeadsQuery(String which) {
+        try (Model m = model(which)) {
+            int[][] clean = tokens(which, m), corrupt = TestModels.randomTokens(17, clean.length, clean[0].length, m.config().vocab());
+            int layer = 1, head = 1;
+            String qIn = "blocks." + layer + ".hook_q_input", q = "blocks." + layer + ".attn.hook_q";
+            // all() never materializes the split inputs; a name does.
+            try (ActivationCache all = ActivationCache.run(m.transformer(), Batch.of(clean), CacheRequest.all());
+                 ActivationCache c = ActivationCache.run(m.transformer(), Batch.of(clean), CacheRequest.names(qIn, q))) {
+                assertTrue(all.names().stream().noneMatch(n -> n.contains("_in")), "all() holds no split input");
+                assertEquals(List.of(clean.length, clean[0].length, m.config().nHeads(), m.config().dModel()),
+                        Arrays.stream(c.shape(qIn)).boxed().toList());
+                Map<String, ActivationCache> src = Map.of("clean", c);
+                List<Intervention> viaInput = Interventions.fromJson(Interventions.toJson(
+                        List.of(new Intervention.Patch(qIn, Target.heads(head), "clean", null))));
+                float[] a = logits(m, corrupt, viaInput, src);
+                float[] b = logits(m, corrupt, List.of(new Intervention.Patch(q, Target.heads(head), "clean", null)), src);
+                assertRelClose("q_input patch vs q patch", a, b, 1e-5);
+                assertTrue(TestModels.maxRelErr(a, logits(m, corrupt)) > 1e-4, "the patch changes the logits");
+            }
+        }
+    }
+
     @Test
     void patchingFromAnotherRun() {
         try (Model m = model("gpt2-tiny-a")) {
