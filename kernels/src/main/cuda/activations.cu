@@ -12,19 +12,36 @@
 #define INV_SQRT2 0.7071067811865476f
 #define INV_SQRT_2PI 0.3989422804014327f
 
-// gelu_new (tanh approximation) or exact erf GELU.
-LOUPE_KERNEL gelu_forward(dptr<float> out, dptr<const float> x, long long n, int tanhApprox) {
-    GRID_STRIDE_LOOP(i, n) {
-        const float v = x[i];
-        if (tanhApprox) {
-            const float t = tanhf(GELU_TANH_C * (v + GELU_CUBIC * v * v * v));
-            out[i] = 0.5f * v * (1.0f + t);
-        } else {
-            out[i] = 0.5f * v * (1.0f + erff(v * INV_SQRT2));
-        }
+// gelu_new (tanh approximation) or exact erf GELU of one value. Shared by gelu_forward and
+// add_bias_gelu_forward, so that the fused kernel gives the same bits as add_bias + gelu_forward.
+__device__ inline float loupe_gelu(float v, int tanhApprox) {
+    if (tanhApprox) {
+        const float t = tanhf(GELU_TANH_C * (v + GELU_CUBIC * v * v * v));
+        return 0.5f * v * (1.0f + t);
     }
+    return 0.5f * v * (1.0f + erff(v * INV_SQRT2));
+}
+
+LOUPE_KERNEL gelu_forward(dptr<float> out, dptr<const float> x, long long n, int tanhApprox) {
+    GRID_STRIDE_LOOP(i, n) out[i] = loupe_gelu(x[i], tanhApprox);
 }
 LOUPE_REGISTER(gelu_forward);
+
+// The MLP's bias add and activation in one pass over pre [rows, cols]: pre[r, c] += bias[c] (pre keeps
+// the biased pre-activation, hook_pre), post[r, c] = gelu(pre[r, c]). The arithmetic of add_bias
+// (elementwise.cu) followed by gelu_forward, so the result is bit-identical; one read and two writes
+// per element instead of two reads and two writes. post may alias pre (each element is read, then
+// written, by one thread). Launch shape: 1-d grid-stride loop over rows * cols, as add_bias.
+LOUPE_KERNEL add_bias_gelu_forward(dptr<float> pre, dptr<float> post, dptr<const float> bias, int rows, int cols,
+                                   int tanhApprox) {
+    const long long n = (long long)rows * cols;
+    GRID_STRIDE_LOOP(i, n) {
+        const float v = pre[i] + bias[i % cols];
+        pre[i] = v;
+        post[i] = loupe_gelu(v, tanhApprox);
+    }
+}
+LOUPE_REGISTER(add_bias_gelu_forward);
 
 LOUPE_KERNEL gelu_backward(dptr<float> dx, dptr<const float> x, dptr<const float> dOut, long long n, int tanhApprox) {
     GRID_STRIDE_LOOP(i, n) {

@@ -1,5 +1,7 @@
 package loupe.kernels;
 
+import loupe.LoupeException;
+
 import java.lang.foreign.MemorySegment;
 
 /**
@@ -123,6 +125,21 @@ public interface Backend extends AutoCloseable {
     /** GELU over {@code n} elements: the tanh approximation ({@code gelu_new}) or the exact erf form. */
     void gelu(Buffer out, long outOff, Buffer x, long xOff, long n, boolean tanhApprox);
 
+    /**
+     * Bias add and GELU in one pass over {@code pre [rows, cols]}: {@code pre[r, c] += bias[c]} (in place:
+     * {@code pre} keeps the biased pre-activation, e.g. for {@code hook_pre}), then
+     * {@code post[r, c] = gelu(pre[r, c])} ({@code post [rows, cols]}, {@code bias [cols]}), the tanh
+     * approximation or the exact erf form as in {@link #gelu}. The result is bit-identical to
+     * {@link #addBias} followed by {@link #gelu} on the same backend (the default runs exactly that), so
+     * choosing the fused op changes no number. {@code post} may alias {@code pre} (the pre-activation is
+     * then not kept).
+     */
+    default void addBiasGelu(Buffer pre, long preOff, Buffer post, long postOff, Buffer bias, long biasOff,
+                             int rows, int cols, boolean tanhApprox) {
+        addBias(pre, preOff, bias, biasOff, rows, cols);
+        gelu(post, postOff, pre, preOff, (long) rows * cols, tanhApprox);
+    }
+
     /** {@code dx += dOut * gelu'(x)}. */
     void geluBackward(Buffer dx, long dxOff, Buffer x, long xOff, Buffer dOut, long dOutOff, long n, boolean tanhApprox);
 
@@ -176,6 +193,26 @@ public interface Backend extends AutoCloseable {
      */
     void rmsNorm(Buffer out, long outOff, Buffer normalized, long normOff, Buffer scale, long scaleOff,
                  Buffer x, long xOff, Buffer weight, long wOff, int rows, int cols, float eps);
+
+    /**
+     * Residual add and norm in one pass: {@code sum = a + b} ({@code sum}, {@code a}, {@code b}
+     * {@code [rows, cols]}; {@code sum} may alias {@code a} or {@code b}), then {@link #layerNorm}
+     * ({@code rms == false}) or {@link #rmsNorm} ({@code rms == true}; {@code bias} must then be null) of
+     * {@code sum} into {@code out} / {@code normalized} ({@code [rows, cols]}) and {@code scale}
+     * ({@code [rows]}), with those ops' conventions: {@code out}, {@code normalized}, {@code scale},
+     * {@code weight} and {@code bias} nullable, {@code out} may alias {@code normalized}; none of the
+     * three outputs may overlap {@code sum}, {@code a} or {@code b}. The result is bit-identical to
+     * {@link #add} followed by the norm on the same backend (the default runs exactly that), so
+     * choosing the fused op changes no number.
+     */
+    default void addNorm(Buffer sum, long sumOff, Buffer a, long aOff, Buffer b, long bOff,
+                         Buffer out, long outOff, Buffer normalized, long normOff, Buffer scale, long scaleOff,
+                         Buffer weight, long wOff, Buffer bias, long biasOff, int rows, int cols, float eps, boolean rms) {
+        if (rms && bias != null) throw new LoupeException("addNorm: RMSNorm has no bias; pass null");
+        add(sum, sumOff, a, aOff, b, bOff, (long) rows * cols);
+        if (rms) rmsNorm(out, outOff, normalized, normOff, scale, scaleOff, sum, sumOff, weight, wOff, rows, cols, eps);
+        else layerNorm(out, outOff, normalized, normOff, scale, scaleOff, sum, sumOff, weight, wOff, bias, biasOff, rows, cols, eps);
+    }
 
     /** Backward of {@link #rmsNorm}; accumulates into {@code dx} and {@code dWeight} (nullable). */
     void rmsNormBackward(Buffer dx, long dxOff, Buffer dWeight, long dwOff,

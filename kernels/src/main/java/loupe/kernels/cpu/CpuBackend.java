@@ -324,16 +324,20 @@ public final class CpuBackend implements Backend {
                         VecBinary vf, ScalarBinary sf) {
         MemorySegment so = seg(out), sa = seg(a), sb = seg(b);
         int blocks = (int) Math.min(Integer.MAX_VALUE, (n + 4095) / 4096);
-        parallel(blocks, 4096, (b0, b1) -> {
-            long start = (long) b0 * 4096, end = Math.min(n, (long) b1 * 4096);
-            long i = start;
-            for (; i <= end - S.length(); i += S.length()) {
-                FloatVector va = FloatVector.fromMemorySegment(S, sa, (aOff + i) * 4, LE);
-                FloatVector vb = FloatVector.fromMemorySegment(S, sb, (bOff + i) * 4, LE);
-                vf.apply(va, vb).intoMemorySegment(so, (outOff + i) * 4, LE);
-            }
-            for (; i < end; i++) set(so, outOff + i, sf.apply(get(sa, aOff + i), get(sb, bOff + i)));
-        });
+        parallel(blocks, 4096, (b0, b1) ->
+                binaryRange(so, outOff, sa, aOff, sb, bOff, (long) b0 * 4096, Math.min(n, (long) b1 * 4096), vf, sf));
+    }
+
+    /** {@code out[i] = f(a[i], b[i])} for {@code i} in {@code [start, end)}: the body of {@link #binary} (and of {@link #addNorm}'s add). */
+    private static void binaryRange(MemorySegment so, long outOff, MemorySegment sa, long aOff, MemorySegment sb, long bOff,
+                                    long start, long end, VecBinary vf, ScalarBinary sf) {
+        long i = start;
+        for (; i <= end - S.length(); i += S.length()) {
+            FloatVector va = FloatVector.fromMemorySegment(S, sa, (aOff + i) * 4, LE);
+            FloatVector vb = FloatVector.fromMemorySegment(S, sb, (bOff + i) * 4, LE);
+            vf.apply(va, vb).intoMemorySegment(so, (outOff + i) * 4, LE);
+        }
+        for (; i < end; i++) set(so, outOff + i, sf.apply(get(sa, aOff + i), get(sb, bOff + i)));
     }
 
     @Override
@@ -495,13 +499,45 @@ public final class CpuBackend implements Backend {
     @Override
     public void gelu(Buffer out, long outOff, Buffer x, long xOff, long n, boolean tanhApprox) {
         if (tanhApprox) {
-            unary(out, outOff, x, xOff, n, v -> {
-                FloatVector inner = v.mul(v).mul(0.044715f).add(1f).mul(v).mul(SQRT_2_OVER_PI);
-                return tanh(inner).add(1f).mul(v.mul(0.5f));
-            }, CpuBackend::geluTanh);
+            unary(out, outOff, x, xOff, n, CpuBackend::geluTanh, CpuBackend::geluTanh);
         } else {
             unary(out, outOff, x, xOff, n, null, CpuBackend::geluErf);
         }
+    }
+
+    /**
+     * One pass per row: {@code pre += bias}, {@code post = gelu(pre)}, with the same per-element arithmetic
+     * as {@link #addBias} and {@link #gelu} (which gives the same bits in a vector body or a scalar tail,
+     * so the row-aligned vectors here match the flat ones there).
+     */
+    @Override
+    public void addBiasGelu(Buffer pre, long preOff, Buffer post, long postOff, Buffer bias, long biasOff,
+                            int rows, int cols, boolean tanhApprox) {
+        MemorySegment sp = seg(pre), so = seg(post), sb = seg(bias);
+        parallel(rows, cols * 8L, (r0, r1) -> {
+            for (int r = r0; r < r1; r++) {
+                long pb = preOff + (long) r * cols, ob = postOff + (long) r * cols;
+                int j = 0;
+                if (tanhApprox)
+                    for (; j <= cols - S.length(); j += S.length()) {
+                        FloatVector v = FloatVector.fromMemorySegment(S, sp, (pb + j) * 4, LE)
+                                .add(FloatVector.fromMemorySegment(S, sb, (biasOff + j) * 4, LE));
+                        v.intoMemorySegment(sp, (pb + j) * 4, LE);
+                        geluTanh(v).intoMemorySegment(so, (ob + j) * 4, LE);
+                    }
+                for (; j < cols; j++) {
+                    float v = get(sp, pb + j) + get(sb, biasOff + j);
+                    set(sp, pb + j, v);
+                    set(so, ob + j, tanhApprox ? geluTanh(v) : geluErf(v));
+                }
+            }
+        });
+    }
+
+    /** The vector form of {@link #geluTanh(float)}: the same operations, so the same bits per lane. */
+    static FloatVector geluTanh(FloatVector v) {
+        FloatVector inner = v.mul(v).mul(0.044715f).add(1f).mul(v).mul(SQRT_2_OVER_PI);
+        return tanh(inner).add(1f).mul(v.mul(0.5f));
     }
 
     static float geluTanh(float x) {
@@ -613,42 +649,76 @@ public final class CpuBackend implements Backend {
     private void norm(Buffer out, long outOff, Buffer normalized, long normOff, Buffer scale, long scaleOff,
                       Buffer x, long xOff, Buffer weight, long wOff, Buffer bias, long bOff,
                       int rows, int cols, float eps, boolean center) {
-        MemorySegment so = out == null ? null : seg(out), sn = normalized == null ? null : seg(normalized);
-        MemorySegment ss = scale == null ? null : seg(scale), sx = seg(x);
-        MemorySegment sw = weight == null ? null : seg(weight), sb = bias == null ? null : seg(bias);
+        NormRows nr = normRows(out, outOff, normalized, normOff, scale, scaleOff, x, xOff, weight, wOff, bias, bOff, cols, eps, center);
+        parallel(rows, cols, (r0, r1) -> {
+            for (int r = r0; r < r1; r++) nr.row(r);
+        });
+    }
+
+    /**
+     * One pass per row: {@code sum = a + b} (the arithmetic of {@link #add}), then the row of
+     * {@link #layerNorm} / {@link #rmsNorm} on it while it is in cache.
+     */
+    @Override
+    public void addNorm(Buffer sum, long sumOff, Buffer a, long aOff, Buffer b, long bOff,
+                        Buffer out, long outOff, Buffer normalized, long normOff, Buffer scale, long scaleOff,
+                        Buffer weight, long wOff, Buffer bias, long biasOff, int rows, int cols, float eps, boolean rms) {
+        if (rms && bias != null) throw new LoupeException("addNorm: RMSNorm has no bias; pass null");
+        MemorySegment ssum = seg(sum), sa = seg(a), sb = seg(b);
+        NormRows nr = normRows(out, outOff, normalized, normOff, scale, scaleOff, sum, sumOff, weight, wOff, bias, biasOff,
+                cols, eps, !rms);
         parallel(rows, cols, (r0, r1) -> {
             for (int r = r0; r < r1; r++) {
-                long xb = xOff + (long) r * cols;
-                float mean = center ? sum(sx, xb, cols) / cols : 0f;
-                float var = sumSquaredDeviation(sx, xb, cols, mean) / cols;
-                double sc = Math.sqrt(var + (double) eps);
-                float inv = (float) (1 / sc);
-                if (ss != null) set(ss, scaleOff + r, (float) sc);
-                long nb = normOff + (long) r * cols, ob = outOff + (long) r * cols;
-                FloatVector vm = FloatVector.broadcast(S, mean), vi = FloatVector.broadcast(S, inv);
-                int j = 0;
-                for (; j <= cols - S.length(); j += S.length()) {
-                    FloatVector nv = FloatVector.fromMemorySegment(S, sx, (xb + j) * 4, LE).sub(vm).mul(vi);
-                    if (sn != null) nv.intoMemorySegment(sn, (nb + j) * 4, LE);
-                    if (so != null) {
-                        FloatVector o = nv;
-                        if (sw != null) o = o.mul(FloatVector.fromMemorySegment(S, sw, (wOff + j) * 4, LE));
-                        if (sb != null) o = o.add(FloatVector.fromMemorySegment(S, sb, (bOff + j) * 4, LE));
-                        o.intoMemorySegment(so, (ob + j) * 4, LE);
-                    }
-                }
-                for (; j < cols; j++) {
-                    float nv = (get(sx, xb + j) - mean) * inv;
-                    if (sn != null) set(sn, nb + j, nv);
-                    if (so != null) {
-                        float o = nv;
-                        if (sw != null) o *= get(sw, wOff + j);
-                        if (sb != null) o += get(sb, bOff + j);
-                        set(so, ob + j, o);
-                    }
-                }
+                long rb = (long) r * cols;
+                binaryRange(ssum, sumOff + rb, sa, aOff + rb, sb, bOff + rb, 0, cols, FloatVector::add, Float::sum);
+                nr.row(r);
             }
         });
+    }
+
+    private static NormRows normRows(Buffer out, long outOff, Buffer normalized, long normOff, Buffer scale, long scaleOff,
+                                     Buffer x, long xOff, Buffer weight, long wOff, Buffer bias, long bOff,
+                                     int cols, float eps, boolean center) {
+        return new NormRows(out == null ? null : seg(out), outOff, normalized == null ? null : seg(normalized), normOff,
+                scale == null ? null : seg(scale), scaleOff, seg(x), xOff, weight == null ? null : seg(weight), wOff,
+                bias == null ? null : seg(bias), bOff, cols, eps, center);
+    }
+
+    /** The memory of one norm call (null segments: outputs skipped, gain 1, bias 0); {@link #row} normalizes one row. */
+    private record NormRows(MemorySegment so, long outOff, MemorySegment sn, long normOff, MemorySegment ss, long scaleOff,
+                            MemorySegment sx, long xOff, MemorySegment sw, long wOff, MemorySegment sb, long bOff,
+                            int cols, float eps, boolean center) {
+        void row(int r) {
+            long xb = xOff + (long) r * cols;
+            float mean = center ? sum(sx, xb, cols) / cols : 0f;
+            float var = sumSquaredDeviation(sx, xb, cols, mean) / cols;
+            double sc = Math.sqrt(var + (double) eps);
+            float inv = (float) (1 / sc);
+            if (ss != null) set(ss, scaleOff + r, (float) sc);
+            long nb = normOff + (long) r * cols, ob = outOff + (long) r * cols;
+            FloatVector vm = FloatVector.broadcast(S, mean), vi = FloatVector.broadcast(S, inv);
+            int j = 0;
+            for (; j <= cols - S.length(); j += S.length()) {
+                FloatVector nv = FloatVector.fromMemorySegment(S, sx, (xb + j) * 4, LE).sub(vm).mul(vi);
+                if (sn != null) nv.intoMemorySegment(sn, (nb + j) * 4, LE);
+                if (so != null) {
+                    FloatVector o = nv;
+                    if (sw != null) o = o.mul(FloatVector.fromMemorySegment(S, sw, (wOff + j) * 4, LE));
+                    if (sb != null) o = o.add(FloatVector.fromMemorySegment(S, sb, (bOff + j) * 4, LE));
+                    o.intoMemorySegment(so, (ob + j) * 4, LE);
+                }
+            }
+            for (; j < cols; j++) {
+                float nv = (get(sx, xb + j) - mean) * inv;
+                if (sn != null) set(sn, nb + j, nv);
+                if (so != null) {
+                    float o = nv;
+                    if (sw != null) o *= get(sw, wOff + j);
+                    if (sb != null) o += get(sb, bOff + j);
+                    set(so, ob + j, o);
+                }
+            }
+        }
     }
 
     /** Σ x[base..base+n), vectorized. */

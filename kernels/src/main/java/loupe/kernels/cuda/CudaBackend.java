@@ -332,6 +332,19 @@ public final class CudaBackend implements Backend {
                 .ptr("x", view("gelu", "x", x, xOff, n)).i64(n).i32(tanhApprox ? 1 : 0));
     }
 
+    /** {@code add_bias_gelu_forward}: {@link #addBias} and {@link #gelu} in one grid-stride pass (same bits). */
+    @Override
+    public void addBiasGelu(Buffer pre, long preOff, Buffer post, long postOff, Buffer bias, long biasOff,
+                            int rows, int cols, boolean tanhApprox) {
+        String op = "addBiasGelu";
+        positive(op, "rows", rows);
+        positive(op, "cols", cols);
+        long n = (long) rows * cols;
+        gridStride(op, "add_bias_gelu_forward", n, new KernelArgs().ptr("pre", view(op, "pre", pre, preOff, n))
+                .ptr("post", view(op, "post", post, postOff, n)).ptr("bias", view(op, "bias", bias, biasOff, cols))
+                .i32(rows).i32(cols).i32(tanhApprox ? 1 : 0));
+    }
+
     @Override
     public void geluBackward(Buffer dx, long dxOff, Buffer x, long xOff, Buffer dOut, long dOutOff, long n, boolean tanhApprox) {
         String op = "geluBackward";
@@ -428,6 +441,27 @@ public final class CudaBackend implements Backend {
                 .ptr("out", viewOrNull(op, "out", out, outOff, n)).ptr("normalized", viewOrNull(op, "normalized", normalized, normOff, n))
                 .ptr("scale", viewOrNull(op, "scale", scale, scaleOff, rows)).ptr("x", view(op, "x", x, xOff, n))
                 .ptr("weight", viewOrNull(op, "weight", weight, wOff, cols)).i32(rows).i32(cols).f32(eps));
+    }
+
+    /**
+     * {@code add_layernorm_forward} / {@code add_rmsnorm_forward}: {@link #add} and the norm in one block
+     * per row (same bits as the two launches).
+     */
+    @Override
+    public void addNorm(Buffer sum, long sumOff, Buffer a, long aOff, Buffer b, long bOff,
+                        Buffer out, long outOff, Buffer normalized, long normOff, Buffer scale, long scaleOff,
+                        Buffer weight, long wOff, Buffer bias, long biasOff, int rows, int cols, float eps, boolean rms) {
+        String op = "addNorm";
+        positive(op, "rows", rows);
+        positive(op, "cols", cols);
+        if (rms && bias != null) throw new LoupeException("addNorm: RMSNorm has no bias; pass null");
+        long n = (long) rows * cols;
+        KernelArgs args = new KernelArgs().ptr("sum", view(op, "sum", sum, sumOff, n))
+                .ptr("a", view(op, "a", a, aOff, n)).ptr("b", view(op, "b", b, bOff, n))
+                .ptr("out", viewOrNull(op, "out", out, outOff, n)).ptr("normalized", viewOrNull(op, "normalized", normalized, normOff, n))
+                .ptr("scale", viewOrNull(op, "scale", scale, scaleOff, rows)).ptr("weight", viewOrNull(op, "weight", weight, wOff, cols));
+        if (!rms) args.ptr("bias", viewOrNull(op, "bias", bias, biasOff, cols));
+        perRow(op, rms ? "add_rmsnorm_forward" : "add_layernorm_forward", cols == 0 ? 0 : rows, args.i32(rows).i32(cols).f32(eps));
     }
 
     @Override

@@ -198,6 +198,19 @@ public final class KernelCheck {
                 return c.err(dx);
             }));
         }
+        for (boolean tanh : new boolean[]{true, false}) {
+            l.add(new Case("add_bias_gelu_forward" + (tanh ? " (tanh)" : " (erf)"), TOL, matrices, (c, s) -> {
+                int rows = s[0], cols = s[1];
+                long n = (long) rows * cols;
+                // a lone element deep in the negative tail has |gelu| ~ 1e-6, where erf's absolute accuracy (~1e-7)
+                // is no 1e-5 relative one: the 1x1 size stays above -2
+                float lo = n == 1 ? -1 : -5;
+                Twin pre = c.rand(n + 3, lo, 5), pre2 = c.rand(n, lo, 5), b = c.rand(cols + 1), post = c.rand(n + 2);
+                c.both((be, t) -> be.addBiasGelu(t.a(pre), 3, t.a(post), 2, t.a(b), 1, rows, cols, tanh));
+                c.both((be, t) -> be.addBiasGelu(t.a(pre2), 0, t.a(pre2), 0, t.a(b), 0, rows, cols, tanh)); // post aliases pre
+                return Math.max(Math.max(c.err(pre), c.err(post)), c.err(pre2));
+            }));
+        }
         l.add(new Case("silu_forward", TOL, lengths, (c, s) -> {
             Twin x = c.rand(s[0], -8, 8), o = c.out(s[0]);
             c.both((be, t) -> be.silu(t.a(o), 0, t.a(x), 0, s[0]));
@@ -240,6 +253,23 @@ public final class KernelCheck {
             c.both((be, t) -> be.layerNorm(t.a(o2), 0, null, 0, null, 0, t.a(x), 0, null, 0, null, 0, rows, cols, 1e-5f));
             return Math.max(Math.max(c.err(o), c.err(norm)), Math.max(c.err(sc), c.err(o2)));
         }));
+        l.add(new Case("add_layernorm_forward", TOL, matrices, (c, s) -> {
+            int rows = s[0], cols = s[1];
+            long n = (long) rows * cols;
+            Twin a = c.rand(n + 1, -3, 5), b = c.rand(n + 2), w = c.rand(cols), bi = c.rand(cols), sum = c.out(n),
+                    o = c.out(n), norm = c.out(n), sc = c.rand(rows + 1), o2 = c.out(n), o3 = c.out(n), sc3 = c.out(rows);
+            // every output, weight and bias, at offsets
+            c.both((be, t) -> be.addNorm(t.a(sum), 0, t.a(a), 1, t.a(b), 2, t.a(o), 0, t.a(norm), 0, t.a(sc), 1,
+                    t.a(w), 0, t.a(bi), 0, rows, cols, 1e-5f, false));
+            // no weight or bias, only out
+            c.both((be, t) -> be.addNorm(t.a(sum), 0, t.a(a), 1, t.a(b), 2, t.a(o2), 0, null, 0, null, 0,
+                    null, 0, null, 0, rows, cols, 1e-5f, false));
+            // sum aliases a (the residual stream updated in place), out aliases normalized, bias only
+            c.both((be, t) -> be.addNorm(t.a(a), 1, t.a(a), 1, t.a(b), 2, t.a(o3), 0, t.a(o3), 0, t.a(sc3), 0,
+                    null, 0, t.a(bi), 0, rows, cols, 1e-5f, false));
+            return Math.max(Math.max(Math.max(c.err(sum), c.err(o)), Math.max(c.err(norm), c.err(sc))),
+                    Math.max(Math.max(c.err(o2), c.err(a)), Math.max(c.err(o3), c.err(sc3))));
+        }));
         l.add(new Case("layernorm_backward", TOL, matrices, (c, s) -> {
             int rows = s[0], cols = s[1];
             long n = (long) rows * cols;
@@ -269,6 +299,19 @@ public final class KernelCheck {
             c.both((be, t) -> be.rmsNorm(t.a(o), 0, t.a(norm), 0, t.a(sc), 0, t.a(x), 0, t.a(w), 0, rows, cols, 1e-6f));
             c.both((be, t) -> be.rmsNorm(t.a(o2), 0, t.a(o2), 0, null, 0, t.a(x), 0, null, 0, rows, cols, 1e-6f)); // out aliases normalized
             return Math.max(Math.max(c.err(o), c.err(norm)), Math.max(c.err(sc), c.err(o2)));
+        }));
+        l.add(new Case("add_rmsnorm_forward", TOL, matrices, (c, s) -> {
+            int rows = s[0], cols = s[1];
+            long n = (long) rows * cols;
+            Twin a = c.rand(n, -3, 5), b = c.rand(n + 1), w = c.rand(cols + 2), sum = c.rand(n + 1),
+                    o = c.out(n), norm = c.out(n), sc = c.out(rows), o2 = c.out(n), sc2 = c.out(rows);
+            c.both((be, t) -> be.addNorm(t.a(sum), 1, t.a(a), 0, t.a(b), 1, t.a(o), 0, t.a(norm), 0, t.a(sc), 0,
+                    t.a(w), 2, null, 0, rows, cols, 1e-6f, true));
+            // sum aliases a, no weight, out aliases normalized
+            c.both((be, t) -> be.addNorm(t.a(a), 0, t.a(a), 0, t.a(b), 1, t.a(o2), 0, t.a(o2), 0, t.a(sc2), 0,
+                    null, 0, null, 0, rows, cols, 1e-6f, true));
+            return Math.max(Math.max(Math.max(c.err(sum), c.err(o)), Math.max(c.err(norm), c.err(sc))),
+                    Math.max(c.err(a), Math.max(c.err(o2), c.err(sc2))));
         }));
         l.add(new Case("rmsnorm_backward", TOL, matrices, (c, s) -> {
             int rows = s[0], cols = s[1];
