@@ -231,6 +231,26 @@ public final class CpuBackend implements Backend {
                      float beta, Buffer c, long cOff, int ldc, long strideC, int batch) {
         MemorySegment sa = seg(a), sb = seg(b), sc = seg(c);
         if (m == 0 || n == 0) return;
+        if (m == 1 && k > 0 && !transA && transB) {
+            // Single rows against W [n, k]: streamed once for every row that shares it (strideB 0).
+            if (strideB == 0) {
+                skinny(sa.asSlice(aOff * 4), strideA, batch, sb.asSlice(bOff * 4), ldb, n, k, alpha, beta, sc.asSlice(cOff * 4), strideC);
+            } else {
+                for (int i = 0; i < batch; i++)
+                    skinny(sa.asSlice((aOff + i * strideA) * 4), 0, 1, sb.asSlice((bOff + i * strideB) * 4), ldb, n, k,
+                            alpha, beta, sc.asSlice((cOff + i * strideC) * 4), 0);
+            }
+            return;
+        }
+        if (batch > 1 && k > 0 && m > 1 && !transA && strideB == 0 && strideA == (long) m * lda && strideC == (long) m * ldc
+                && (long) m * batch <= Integer.MAX_VALUE && blas.isPresent()
+                && mergeKeepsRows(transB, m, n, k, lda, ldb, ldc, batch, sb.asSlice(bOff * 4))) {
+            // Stacked sequences against one weight: one tall GEMM instead of one per sequence (the BLAS packs
+            // the weight once and runs at its large-matrix rate); checked to give every row the same bits.
+            blas.get().sgemm(false, transB, m * batch, n, k, alpha, sa.asSlice(aOff * 4), lda, sb.asSlice(bOff * 4), ldb,
+                    beta, sc.asSlice(cOff * 4), ldc);
+            return;
+        }
         for (int i = 0; i < batch; i++) {
             MemorySegment ca = sc.asSlice((cOff + i * strideC) * 4);
             if (k == 0) {
@@ -251,6 +271,42 @@ public final class CpuBackend implements Backend {
                 javaGemm(transA, transB, m, n, k, alpha, aa, lda, bb, ldb, beta, ca, ldc);
             }
         }
+    }
+
+    private void skinny(MemorySegment a, long strideA, int rows, MemorySegment w, int ldw, int n, int k,
+                        float alpha, float beta, MemorySegment c, long strideC) {
+        parallel(n, (long) k * rows, (j0, j1) -> SkinnyGemm.columns(a, strideA, rows, w, ldw, k, alpha, beta, c, strideC, j0, j1));
+    }
+
+    /** Per GEMM shape: whether one GEMM over stacked sequences gives each row the bits separate GEMMs give. */
+    private final java.util.concurrent.ConcurrentHashMap<java.util.List<Integer>, Boolean> mergeVerdicts = new java.util.concurrent.ConcurrentHashMap<>();
+
+    /**
+     * Whether {@code batch} row-major GEMMs of {@code m} rows against one shared B may run as one GEMM of
+     * {@code m * batch} rows. A BLAS may pick another kernel for another matrix height (OpenBLAS has a
+     * small-matrix path) and round differently, so the answer is measured, once per shape, by running both
+     * on pseudo-random rows against the real B and comparing the bits. Sequences must not change numbers
+     * with the company they keep in a batch (batched patching equals the one-cell loop exactly).
+     */
+    private boolean mergeKeepsRows(boolean transB, int m, int n, int k, int lda, int ldb, int ldc, int batch, MemorySegment b) {
+        return mergeVerdicts.computeIfAbsent(java.util.List.of(transB ? 1 : 0, m, n, k, lda, ldb, ldc, batch), key -> {
+            long rows = (long) m * batch;
+            try (java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofConfined()) {
+                MemorySegment pa = arena.allocate(rows * lda * 4, 64), c1 = arena.allocate(rows * ldc * 4, 64),
+                        c2 = arena.allocate(rows * ldc * 4, 64);
+                int seed = 12345;
+                for (long i = 0; i < rows * lda; i++) {
+                    seed = seed * 1103515245 + 12345;
+                    set(pa, i, (seed >>> 8) * (1f / (1 << 24)) - 0.5f);
+                }
+                Blas bl = blas.get();
+                bl.sgemm(false, transB, (int) rows, n, k, 1f, pa, lda, b, ldb, 0f, c1, ldc);
+                for (int i = 0; i < batch; i++)
+                    bl.sgemm(false, transB, m, n, k, 1f, pa.asSlice((long) i * m * lda * 4), lda, b, ldb, 0f,
+                            c2.asSlice((long) i * m * ldc * 4), ldc);
+                return c1.mismatch(c2) == -1;
+            }
+        });
     }
 
     private static void scaleMatrix(MemorySegment c, int m, int n, int ldc, float beta) {

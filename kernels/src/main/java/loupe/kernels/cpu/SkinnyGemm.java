@@ -1,0 +1,93 @@
+package loupe.kernels.cpu;
+
+import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.VectorSpecies;
+
+import java.lang.foreign.MemorySegment;
+import java.nio.ByteOrder;
+
+import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
+
+/**
+ * {@code C[rows, n] = alpha · A[rows, k] · Wᵀ + beta · C} for a few rows against a weight {@code W [n, k]}
+ * stored row-major (a linear layer's single-token step, or the last-position unembedding of many
+ * sequences): memory-bound, so W is streamed once for all the rows.
+ *
+ * <p>Why not the BLAS: {@code sgemv} serves one row only (B rows would read W B times), and
+ * {@code sgemm} rounds a row differently depending on how many rows it is given. Here every output
+ * element is the same dot product whatever the number of rows: vector FMAs over k in order, the lanes
+ * summed in lane order, then the scalar tail. So one sequence's logits are bit-identical whether it is
+ * unembedded alone or with 191 others (what batched patching sweeps rely on).
+ */
+final class SkinnyGemm {
+    private static final VectorSpecies<Float> S = FloatVector.SPECIES_PREFERRED;
+    private static final ByteOrder LE = ByteOrder.nativeOrder();
+    /** Rows sharing one pass over W: their A rows stay in L1 while W streams by. */
+    private static final int GROUP = 4;
+    private static final ThreadLocal<float[]> LANES = ThreadLocal.withInitial(() -> new float[S.length()]);
+
+    private SkinnyGemm() {}
+
+    /**
+     * Output columns {@code [j0, j1)} of every row; A row r starts at float {@code r * strideA}, C row r at
+     * {@code r * strideC}, W row j at {@code j * ldw}. With {@code beta == 0}, C is not read.
+     */
+    static void columns(MemorySegment a, long strideA, int rows, MemorySegment w, int ldw, int k,
+                        float alpha, float beta, MemorySegment c, long strideC, int j0, int j1) {
+        float[] lanes = LANES.get();
+        int r = 0;
+        for (; r + GROUP <= rows; r += GROUP) group4(a, strideA, r, w, ldw, k, alpha, beta, c, strideC, j0, j1, lanes);
+        for (; r < rows; r++) single(a, r * strideA, w, ldw, k, alpha, beta, c, r * strideC, j0, j1, lanes);
+    }
+
+    private static void single(MemorySegment a, long aRow, MemorySegment w, int ldw, int k, float alpha, float beta,
+                               MemorySegment c, long cRow, int j0, int j1, float[] lanes) {
+        int vk = S.loopBound(k), L = S.length();
+        for (int j = j0; j < j1; j++) {
+            long wRow = (long) j * ldw;
+            FloatVector acc = FloatVector.zero(S);
+            for (int p = 0; p < vk; p += L)
+                acc = FloatVector.fromMemorySegment(S, a, (aRow + p) * 4, LE).fma(FloatVector.fromMemorySegment(S, w, (wRow + p) * 4, LE), acc);
+            store(c, cRow + j, finish(acc, a, aRow, w, wRow, vk, k, lanes), alpha, beta);
+        }
+    }
+
+    /** Four rows at once: the same arithmetic per element as {@link #single}, W loaded once. */
+    private static void group4(MemorySegment a, long strideA, int r, MemorySegment w, int ldw, int k, float alpha, float beta,
+                               MemorySegment c, long strideC, int j0, int j1, float[] lanes) {
+        int vk = S.loopBound(k), L = S.length();
+        long a0 = r * strideA, a1 = a0 + strideA, a2 = a1 + strideA, a3 = a2 + strideA;
+        long c0 = r * strideC, c1 = c0 + strideC, c2 = c1 + strideC, c3 = c2 + strideC;
+        for (int j = j0; j < j1; j++) {
+            long wRow = (long) j * ldw;
+            FloatVector s0 = FloatVector.zero(S), s1 = s0, s2 = s0, s3 = s0;
+            for (int p = 0; p < vk; p += L) {
+                FloatVector wv = FloatVector.fromMemorySegment(S, w, (wRow + p) * 4, LE);
+                s0 = FloatVector.fromMemorySegment(S, a, (a0 + p) * 4, LE).fma(wv, s0);
+                s1 = FloatVector.fromMemorySegment(S, a, (a1 + p) * 4, LE).fma(wv, s1);
+                s2 = FloatVector.fromMemorySegment(S, a, (a2 + p) * 4, LE).fma(wv, s2);
+                s3 = FloatVector.fromMemorySegment(S, a, (a3 + p) * 4, LE).fma(wv, s3);
+            }
+            store(c, c0 + j, finish(s0, a, a0, w, wRow, vk, k, lanes), alpha, beta);
+            store(c, c1 + j, finish(s1, a, a1, w, wRow, vk, k, lanes), alpha, beta);
+            store(c, c2 + j, finish(s2, a, a2, w, wRow, vk, k, lanes), alpha, beta);
+            store(c, c3 + j, finish(s3, a, a3, w, wRow, vk, k, lanes), alpha, beta);
+        }
+    }
+
+    /** The lanes summed in order, then the tail {@code [vk, k)}. */
+    private static float finish(FloatVector acc, MemorySegment a, long aRow, MemorySegment w, long wRow, int vk, int k, float[] lanes) {
+        acc.intoArray(lanes, 0);
+        float s = 0f;
+        for (float v : lanes) s += v;
+        for (int p = vk; p < k; p++)
+            s = Math.fma(a.getAtIndex(JAVA_FLOAT, aRow + p), w.getAtIndex(JAVA_FLOAT, wRow + p), s);
+        return s;
+    }
+
+    private static void store(MemorySegment c, long i, float dot, float alpha, float beta) {
+        float v = alpha * dot;
+        if (beta != 0f) v += beta * c.getAtIndex(JAVA_FLOAT, i);
+        c.setAtIndex(JAVA_FLOAT, i, v);
+    }
+}
