@@ -151,6 +151,13 @@ public final class Hooks {
             return fns[index] != null;
         }
 
+        /** Whether a callback at point {@code index} may edit the activation (an active point with a non-reader). */
+        public boolean mayEdit(int index) {
+            if (fns[index] == null) return false;
+            for (HookFn fn : fns[index]) if (!fn.readsOnly()) return true;
+            return false;
+        }
+
         /**
          * Runs the callbacks at point {@code index} on {@code x}; a returned replacement must have
          * x's shape and is copied into x. Returns false when every callback only reads (x is unchanged).

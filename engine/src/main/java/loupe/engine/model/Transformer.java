@@ -279,9 +279,21 @@ public final class Transformer {
                 // No MLP: the block's output is resid_pre + attn_out.
                 be.add(a.residPost.buffer(), a.residPost.offset(), a.residPre.buffer(), a.residPre.offset(), a.attnOut.buffer(), a.attnOut.offset(), (long) BT * C);
             } else {
-                be.add(a.residMid.buffer(), a.residMid.offset(), a.residPre.buffer(), a.residPre.offset(), a.attnOut.buffer(), a.attnOut.offset(), (long) BT * C);
+                // resid_mid = resid_pre + attn_out, and ln2 of it in the same pass unless a hook in between may
+                // edit (the fused op gives the same bits, so readers see what they would see anyway).
+                boolean fuse = cfg.norm() != ModelConfig.Norm.NONE && !hk.mayEdit(slot(HookPoint.RESID_MID, l))
+                        && !hk.active(slot(HookPoint.MLP_IN, l));
+                if (fuse) {
+                    be.addNorm(a.residMid.buffer(), a.residMid.offset(), a.residPre.buffer(), a.residPre.offset(),
+                            a.attnOut.buffer(), a.attnOut.offset(), a.ln2Out.buffer(), a.ln2Out.offset(),
+                            a.ln2Norm.buffer(), a.ln2Norm.offset(), a.ln2Scale.buffer(), a.ln2Scale.offset(),
+                            buf(lw.ln2W), off(lw.ln2W), buf(lw.ln2B), off(lw.ln2B), BT, C, cfg.normEps(),
+                            cfg.norm() == ModelConfig.Norm.RMS_NORM);
+                } else {
+                    be.add(a.residMid.buffer(), a.residMid.offset(), a.residPre.buffer(), a.residPre.offset(), a.attnOut.buffer(), a.attnOut.offset(), (long) BT * C);
+                }
                 fire(hk, HookPoint.RESID_MID, l, a.residMid, scope, past);
-                mlp(a, lw, B, T, M, hk, l, scope, past);
+                mlp(a, lw, B, T, M, hk, l, scope, past, fuse);
             }
             fire(hk, HookPoint.RESID_POST, l, a.residPost, scope, past);
             resid = a.residPost;
@@ -315,17 +327,26 @@ public final class Transformer {
         return f;
     }
 
-    /** The MLP of one block: resid_post = resid_mid + mlp_out. */
-    private void mlp(LayerActs a, Weights.Layer lw, int B, int T, int M, Hooks.Bound hk, int l, Scope scope, int past) {
+    /**
+     * The MLP of one block: resid_post = resid_mid + mlp_out. {@code normDone}: ln2 was computed with
+     * resid_mid (fused), only its hooks remain to fire.
+     */
+    private void mlp(LayerActs a, Weights.Layer lw, int B, int T, int M, Hooks.Bound hk, int l, Scope scope, int past,
+                     boolean normDone) {
         int C = cfg.dModel(), BT = B * T;
-        Tensor mlpIn = a.residMid;
-        int inSlot = slot(HookPoint.MLP_IN, l);
-        if (hk.active(inSlot)) {
-            // A copy, so that an edit reaches the MLP but not the residual stream (hook_mlp_in of TransformerLens).
-            Tensor copy = scope.copyOf(a.residMid);
-            if (hk.fire(inSlot, copy, HookPoint.MLP_IN, l, scope, past)) mlpIn = copy;
+        if (normDone) {
+            fireNorm(a.ln2Out, a.ln2Norm, a.ln2Scale, lw.ln2W, lw.ln2B, BT, hk, HookPoint.LN2_SCALE, HookPoint.LN2_NORMALIZED, l, scope, past);
+        } else {
+            Tensor mlpIn = a.residMid;
+            int inSlot = slot(HookPoint.MLP_IN, l);
+            if (hk.active(inSlot)) {
+                // A copy, so that an edit reaches the MLP but not the residual stream (hook_mlp_in of TransformerLens).
+                Tensor copy = scope.copyOf(a.residMid);
+                if (hk.fire(inSlot, copy, HookPoint.MLP_IN, l, scope, past)) mlpIn = copy;
+            }
+            a.ln2Out = norm(a.ln2Out, a.ln2Norm, a.ln2Scale, mlpIn, lw.ln2W, lw.ln2B, BT, hk, HookPoint.LN2_SCALE, HookPoint.LN2_NORMALIZED, l, scope, past);
         }
-        a.ln2Out = norm(a.ln2Out, a.ln2Norm, a.ln2Scale, mlpIn, lw.ln2W, lw.ln2B, BT, hk, HookPoint.LN2_SCALE, HookPoint.LN2_NORMALIZED, l, scope, past);
+        boolean gelu = cfg.act() == ModelConfig.Activation.GELU || cfg.act() == ModelConfig.Activation.GELU_TANH;
         if (cfg.gatedMlp()) {
             linear(a.pre, a.ln2Out, lw.wGate, lw.bGate, B, T);
             fire(hk, HookPoint.MLP_PRE, l, a.pre, scope, past);
@@ -333,6 +354,12 @@ public final class Transformer {
             fire(hk, HookPoint.MLP_PRE_LINEAR, l, a.preLinear, scope, past);
             activation(a.post, a.pre, (long) BT * M);
             be.mul(a.post.buffer(), a.post.offset(), a.post.buffer(), a.post.offset(), a.preLinear.buffer(), a.preLinear.offset(), (long) BT * M);
+        } else if (gelu && lw.bIn != null && !hk.mayEdit(slot(HookPoint.MLP_PRE, l))) {
+            // Bias and GELU in one pass (same bits as addBias then gelu); hook_pre readers see the biased value.
+            linear(a.pre, a.ln2Out, lw.wIn, null, B, T);
+            be.addBiasGelu(a.pre.buffer(), a.pre.offset(), a.post.buffer(), a.post.offset(), lw.bIn.buffer(), lw.bIn.offset(),
+                    BT, M, cfg.act() == ModelConfig.Activation.GELU_TANH);
+            fire(hk, HookPoint.MLP_PRE, l, a.pre, scope, past);
         } else {
             linear(a.pre, a.ln2Out, lw.wIn, lw.bIn, B, T);
             fire(hk, HookPoint.MLP_PRE, l, a.pre, scope, past);
@@ -479,24 +506,38 @@ public final class Transformer {
     private Tensor norm(Tensor out, Tensor normalized, Tensor scale, Tensor x, Tensor gain, Tensor bias, int rows,
                         Hooks.Bound hk, HookPoint scaleP, HookPoint normP, int layer, Scope scope, int past) {
         if (cfg.norm() == ModelConfig.Norm.NONE) return x;   // no norm: its output is its input
-        int C = cfg.dModel();
-        Buffer gb = gain == null ? null : gain.buffer(), bb = bias == null ? null : bias.buffer();
-        long go = gain == null ? 0 : gain.offset(), bo = bias == null ? 0 : bias.offset();
         applyNorm(out, normalized, scale, x, gain, bias, rows);
+        fireNorm(out, normalized, scale, gain, bias, rows, hk, scaleP, normP, layer, scope, past);
+        return out;
+    }
+
+    /** Fires a computed norm's scale and normalized hooks; an edit of normalized recomputes {@code out}. */
+    private void fireNorm(Tensor out, Tensor normalized, Tensor scale, Tensor gain, Tensor bias, int rows,
+                          Hooks.Bound hk, HookPoint scaleP, HookPoint normP, int layer, Scope scope, int past) {
+        int C = cfg.dModel();
+        Buffer gb = buf(gain), bb = buf(bias);
+        long go = off(gain), bo = off(bias);
         int ss = slot(scaleP, layer), ns = slot(normP, layer);
         if (hk.active(ss)) hk.fire(ss, scale, scaleP, layer, scope, past);
         if (hk.active(ns) && hk.fire(ns, normalized, normP, layer, scope, past)) {
             // The hook may have changed normalized: out = normalized * gain + bias again.
             if (out != normalized) be.scaleShiftRows(out.buffer(), out.offset(), normalized.buffer(), normalized.offset(), gb, go, bb, bo, rows, C);
         }
-        return out;
+    }
+
+    private static Buffer buf(Tensor t) {
+        return t == null ? null : t.buffer();
+    }
+
+    private static long off(Tensor t) {
+        return t == null ? 0 : t.offset();
     }
 
     /** The configured norm (not NONE) of {@code x [rows, d_model]}, without hooks. */
     private void applyNorm(Tensor out, Tensor normalized, Tensor scale, Tensor x, Tensor gain, Tensor bias, int rows) {
         int C = cfg.dModel();
-        Buffer gb = gain == null ? null : gain.buffer(), bb = bias == null ? null : bias.buffer();
-        long go = gain == null ? 0 : gain.offset(), bo = bias == null ? 0 : bias.offset();
+        Buffer gb = buf(gain), bb = buf(bias);
+        long go = off(gain), bo = off(bias);
         if (cfg.norm() == ModelConfig.Norm.LAYER_NORM)
             be.layerNorm(out.buffer(), out.offset(), normalized.buffer(), normalized.offset(), scale.buffer(), scale.offset(),
                     x.buffer(), x.offset(), gb, go, bb, bo, rows, C, cfg.normEps());
