@@ -23,7 +23,7 @@ final class SkinnyGemm {
     private static final VectorSpecies<Float> S = FloatVector.SPECIES_PREFERRED;
     private static final ByteOrder LE = ByteOrder.nativeOrder();
     /** Rows sharing one pass over W: their A rows stay in L1 while W streams by. */
-    private static final int GROUP = 4;
+    private static final int GROUP = 8;
     private static final ThreadLocal<float[]> LANES = ThreadLocal.withInitial(() -> new float[S.length()]);
 
     private SkinnyGemm() {}
@@ -35,15 +35,37 @@ final class SkinnyGemm {
     static void columns(MemorySegment a, long strideA, int rows, MemorySegment w, int ldw, int k,
                         float alpha, float beta, MemorySegment c, long strideC, int j0, int j1) {
         float[] lanes = LANES.get();
-        int r = 0;
-        for (; r + GROUP <= rows; r += GROUP) group4(a, strideA, r, w, ldw, k, alpha, beta, c, strideC, j0, j1, lanes);
-        for (; r < rows; r++) single(a, r * strideA, w, ldw, k, alpha, beta, c, r * strideC, j0, j1, lanes);
+        // W in blocks of about 256 KB (L2): every group of rows re-reads the block from cache, not memory.
+        int block = Math.max(1, (256 << 10) / (4 * Math.max(k, 1)));
+        for (int jb = j0; jb < j1; jb += block) {
+            int je = Math.min(j1, jb + block);
+            int r = 0;
+            for (; r + GROUP <= rows; r += GROUP) group8(a, strideA, r, w, ldw, k, alpha, beta, c, strideC, jb, je, lanes);
+            for (; r < rows; r++) single(a, r * strideA, w, ldw, k, alpha, beta, c, r * strideC, jb, je, lanes);
+        }
     }
 
+    /** One row: four W rows at a time, so that four independent FMA chains hide the FMA latency. */
     private static void single(MemorySegment a, long aRow, MemorySegment w, int ldw, int k, float alpha, float beta,
                                MemorySegment c, long cRow, int j0, int j1, float[] lanes) {
         int vk = S.loopBound(k), L = S.length();
-        for (int j = j0; j < j1; j++) {
+        int j = j0;
+        for (; j + 4 <= j1; j += 4) {
+            long w0 = (long) j * ldw, w1 = w0 + ldw, w2 = w1 + ldw, w3 = w2 + ldw;
+            FloatVector s0 = FloatVector.zero(S), s1 = s0, s2 = s0, s3 = s0;
+            for (int p = 0; p < vk; p += L) {
+                FloatVector av = FloatVector.fromMemorySegment(S, a, (aRow + p) * 4, LE);
+                s0 = av.fma(FloatVector.fromMemorySegment(S, w, (w0 + p) * 4, LE), s0);
+                s1 = av.fma(FloatVector.fromMemorySegment(S, w, (w1 + p) * 4, LE), s1);
+                s2 = av.fma(FloatVector.fromMemorySegment(S, w, (w2 + p) * 4, LE), s2);
+                s3 = av.fma(FloatVector.fromMemorySegment(S, w, (w3 + p) * 4, LE), s3);
+            }
+            store(c, cRow + j, finish(s0, a, aRow, w, w0, vk, k, lanes), alpha, beta);
+            store(c, cRow + j + 1, finish(s1, a, aRow, w, w1, vk, k, lanes), alpha, beta);
+            store(c, cRow + j + 2, finish(s2, a, aRow, w, w2, vk, k, lanes), alpha, beta);
+            store(c, cRow + j + 3, finish(s3, a, aRow, w, w3, vk, k, lanes), alpha, beta);
+        }
+        for (; j < j1; j++) {
             long wRow = (long) j * ldw;
             FloatVector acc = FloatVector.zero(S);
             for (int p = 0; p < vk; p += L)
@@ -52,26 +74,38 @@ final class SkinnyGemm {
         }
     }
 
-    /** Four rows at once: the same arithmetic per element as {@link #single}, W loaded once. */
-    private static void group4(MemorySegment a, long strideA, int r, MemorySegment w, int ldw, int k, float alpha, float beta,
+    /**
+     * Eight rows at once: the same arithmetic per element as {@link #single}, W loaded once for eight
+     * independent FMA chains (enough to hide the FMA latency).
+     */
+    private static void group8(MemorySegment a, long strideA, int r, MemorySegment w, int ldw, int k, float alpha, float beta,
                                MemorySegment c, long strideC, int j0, int j1, float[] lanes) {
         int vk = S.loopBound(k), L = S.length();
-        long a0 = r * strideA, a1 = a0 + strideA, a2 = a1 + strideA, a3 = a2 + strideA;
-        long c0 = r * strideC, c1 = c0 + strideC, c2 = c1 + strideC, c3 = c2 + strideC;
+        long a0 = r * strideA, a1 = a0 + strideA, a2 = a1 + strideA, a3 = a2 + strideA,
+                a4 = a3 + strideA, a5 = a4 + strideA, a6 = a5 + strideA, a7 = a6 + strideA;
         for (int j = j0; j < j1; j++) {
             long wRow = (long) j * ldw;
-            FloatVector s0 = FloatVector.zero(S), s1 = s0, s2 = s0, s3 = s0;
+            FloatVector s0 = FloatVector.zero(S), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
             for (int p = 0; p < vk; p += L) {
                 FloatVector wv = FloatVector.fromMemorySegment(S, w, (wRow + p) * 4, LE);
                 s0 = FloatVector.fromMemorySegment(S, a, (a0 + p) * 4, LE).fma(wv, s0);
                 s1 = FloatVector.fromMemorySegment(S, a, (a1 + p) * 4, LE).fma(wv, s1);
                 s2 = FloatVector.fromMemorySegment(S, a, (a2 + p) * 4, LE).fma(wv, s2);
                 s3 = FloatVector.fromMemorySegment(S, a, (a3 + p) * 4, LE).fma(wv, s3);
+                s4 = FloatVector.fromMemorySegment(S, a, (a4 + p) * 4, LE).fma(wv, s4);
+                s5 = FloatVector.fromMemorySegment(S, a, (a5 + p) * 4, LE).fma(wv, s5);
+                s6 = FloatVector.fromMemorySegment(S, a, (a6 + p) * 4, LE).fma(wv, s6);
+                s7 = FloatVector.fromMemorySegment(S, a, (a7 + p) * 4, LE).fma(wv, s7);
             }
-            store(c, c0 + j, finish(s0, a, a0, w, wRow, vk, k, lanes), alpha, beta);
-            store(c, c1 + j, finish(s1, a, a1, w, wRow, vk, k, lanes), alpha, beta);
-            store(c, c2 + j, finish(s2, a, a2, w, wRow, vk, k, lanes), alpha, beta);
-            store(c, c3 + j, finish(s3, a, a3, w, wRow, vk, k, lanes), alpha, beta);
+            long c0 = r * strideC + j;
+            store(c, c0, finish(s0, a, a0, w, wRow, vk, k, lanes), alpha, beta);
+            store(c, c0 + strideC, finish(s1, a, a1, w, wRow, vk, k, lanes), alpha, beta);
+            store(c, c0 + 2 * strideC, finish(s2, a, a2, w, wRow, vk, k, lanes), alpha, beta);
+            store(c, c0 + 3 * strideC, finish(s3, a, a3, w, wRow, vk, k, lanes), alpha, beta);
+            store(c, c0 + 4 * strideC, finish(s4, a, a4, w, wRow, vk, k, lanes), alpha, beta);
+            store(c, c0 + 5 * strideC, finish(s5, a, a5, w, wRow, vk, k, lanes), alpha, beta);
+            store(c, c0 + 6 * strideC, finish(s6, a, a6, w, wRow, vk, k, lanes), alpha, beta);
+            store(c, c0 + 7 * strideC, finish(s7, a, a7, w, wRow, vk, k, lanes), alpha, beta);
         }
     }
 
