@@ -52,10 +52,12 @@ public final class Hooks {
 
     /**
      * Caches the activations whose names match: at each, a copy (owned by {@code owner}) is put in
-     * {@code into} under the hook name, after the callbacks added before this one have run.
+     * {@code into} under the hook name, after the callbacks added before this one have run. When
+     * {@code owner} is the forward pass's own scope and nothing edits the activation there, the
+     * activation itself is kept instead of a copy ({@link HookContext#kept}).
      */
     public Hooks cache(Predicate<String> names, Scope owner, Map<String, Tensor> into) {
-        return add(names, HookFn.reader((x, ctx) -> into.put(ctx.name(), owner.copyOf(x))));
+        return add(names, HookFn.reader((x, ctx) -> into.put(ctx.name(), ctx.kept() && ctx.scope() == owner ? x : owner.copyOf(x))));
     }
 
     /** Everything added to {@code other} is added here too, after what is here. */
@@ -142,9 +144,20 @@ public final class Hooks {
         private final HookFn[][] fns;    // [point index][callbacks]
         private final String[] names;
 
+        private boolean keepsActivations;
+
         Bound(HookFn[][] fns, String[] names) {
             this.fns = fns;
             this.names = names;
+        }
+
+        /**
+         * Declares that the pass firing these hooks never writes a fired activation again (see
+         * {@link HookContext#kept}); the forward pass does, the backward pass (which reuses scratch) does not.
+         */
+        public Bound keepingActivations() {
+            keepsActivations = true;
+            return this;
         }
 
         public boolean active(int index) {
@@ -165,7 +178,7 @@ public final class Hooks {
         public boolean fire(int index, Tensor x, HookPoint point, int layer, Scope scope, int positionOffset) {
             HookFn[] f = fns[index];
             if (f == null) return false;
-            HookContext ctx = new HookContext(names[index], point, layer, scope, positionOffset);
+            HookContext ctx = new HookContext(names[index], point, layer, scope, positionOffset, keepsActivations && !mayEdit(index));
             boolean mayEdit = false;
             for (HookFn fn : f) {
                 mayEdit |= !fn.readsOnly();

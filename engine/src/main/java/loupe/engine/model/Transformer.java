@@ -173,7 +173,7 @@ public final class Transformer {
         final int BT = B * T;
         KVCache cache = opts.cache();
         validate(batch, cache);
-        Hooks.Bound hk = hooks.bind(slotNames, knownHookNames);
+        Hooks.Bound hk = hooks.bind(slotNames, knownHookNames).keepingActivations();
         int past = cache == null ? 0 : cache.length();
         int tk = past + T;
 
@@ -298,9 +298,12 @@ public final class Transformer {
             fire(hk, HookPoint.RESID_POST, l, a.residPost, scope, past);
             resid = a.residPost;
             if (!opts.keepActivations()) {
-                // The next layer writes its resid_post into the buffer this resid_post occupies: swap in a
-                // fresh one so that resid_pre (read by the next layer) is not overwritten mid-layer.
-                a.residPost = a.residPre;
+                // The next block reuses these buffers, except those a hook saw (a reader may keep them).
+                handOverHooked(a, hk, l, scope);
+                // The next block writes its resid_post over this block's resid_pre (its input is this
+                // resid_post), unless a hook saw that tensor as resid_pre here or as the previous resid_post.
+                boolean seen = hk.active(slot(HookPoint.RESID_PRE, l)) || (l > startLayer && hk.active(slot(HookPoint.RESID_POST, l - 1)));
+                a.residPost = seen ? scope.empty(B, T, C) : a.residPre;
             }
         }
 
@@ -384,6 +387,35 @@ public final class Transformer {
         } else {
             resid.copyFrom(f.embed);
         }
+    }
+
+    /**
+     * With shared per-block buffers: every activation fired at block {@code l} is left to whoever saw it,
+     * and the next blocks get a new buffer in its place (so cached activations need no copy).
+     */
+    private void handOverHooked(LayerActs a, Hooks.Bound hk, int l, Scope s) {
+        a.ln1Scale = handOver(hk, HookPoint.LN1_SCALE, l, a.ln1Scale, s);
+        a.ln1Norm = handOver(hk, HookPoint.LN1_NORMALIZED, l, a.ln1Norm, s);
+        a.q = handOver(hk, HookPoint.Q, l, a.q, s);
+        a.k = handOver(hk, HookPoint.K, l, a.k, s);
+        a.v = handOver(hk, HookPoint.V, l, a.v, s);
+        a.rotQ = handOver(hk, HookPoint.ROT_Q, l, a.rotQ, s);
+        a.rotK = handOver(hk, HookPoint.ROT_K, l, a.rotK, s);
+        a.scores = handOver(hk, HookPoint.ATTN_SCORES, l, a.scores, s);
+        a.pattern = handOver(hk, HookPoint.PATTERN, l, a.pattern, s);
+        a.z = handOver(hk, HookPoint.Z, l, a.z, s);
+        a.attnOut = handOver(hk, HookPoint.ATTN_OUT, l, a.attnOut, s);
+        a.residMid = handOver(hk, HookPoint.RESID_MID, l, a.residMid, s);
+        a.ln2Scale = handOver(hk, HookPoint.LN2_SCALE, l, a.ln2Scale, s);
+        a.ln2Norm = handOver(hk, HookPoint.LN2_NORMALIZED, l, a.ln2Norm, s);
+        a.pre = handOver(hk, HookPoint.MLP_PRE, l, a.pre, s);
+        a.preLinear = handOver(hk, HookPoint.MLP_PRE_LINEAR, l, a.preLinear, s);
+        a.post = handOver(hk, HookPoint.MLP_POST, l, a.post, s);
+        a.mlpOut = handOver(hk, HookPoint.MLP_OUT, l, a.mlpOut, s);
+    }
+
+    private Tensor handOver(Hooks.Bound hk, HookPoint p, int l, Tensor t, Scope s) {
+        return t != null && p.existsIn(cfg) && hk.active(slot(p, l)) ? s.empty(t.shape()) : t;
     }
 
     private void fire(Hooks.Bound hk, HookPoint p, int layer, Tensor x, Scope scope, int past) {

@@ -48,6 +48,42 @@ class ForwardBehaviourTest {
             assertEquals(a[aRow * v + i], b[bRow * v + i], tol, "logit " + i + " of row " + aRow + "/" + bRow);
     }
 
+    /**
+     * A cache owned by the forward's own scope keeps the activations themselves (no copy): none of them
+     * may be overwritten by a later block. Compared with copies into another scope, for every hook, with
+     * some hooks only read and one point edited (which must keep its copy semantics).
+     */
+    @Test
+    void keptActivationsAreNeverOverwritten() {
+        for (Transformer t : new Transformer[]{gpt2, llama}) {
+            Batch b = Batch.of(new int[][]{{3, 14, 15, 9, 2, 6, 5}, {2, 7, 1, 8, 2, 8, 1}});
+            for (java.util.function.Predicate<String> which : java.util.List.<java.util.function.Predicate<String>>of(
+                    n -> true, n -> n.contains("resid"), n -> n.endsWith("hook_pattern") || n.endsWith("hook_resid_post"))) {
+                try (Scope own = new Scope(cpu); Scope other = new Scope(cpu)) {
+                    Map<String, Tensor> kept = new LinkedHashMap<>(), copied = new LinkedHashMap<>();
+                    java.util.Set<String> keptNames = new java.util.HashSet<>();
+                    Hooks h = new Hooks()
+                            .add("blocks.1.hook_mlp_out", (x, ctx) -> {
+                                assertTrue(!ctx.kept(), "an edited point is not kept");
+                                x.fill(0.25f);
+                                return null;
+                            })
+                            .add(which, loupe.engine.hooks.HookFn.reader((x, ctx) -> {
+                                if (ctx.kept()) keptNames.add(ctx.name());
+                            }))
+                            .cache(which, own, kept)
+                            .cache(which, other, copied);
+                    t.forward(own, b, h);
+                    assertEquals(copied.keySet(), kept.keySet());
+                    for (String n : copied.keySet())
+                        org.junit.jupiter.api.Assertions.assertArrayEquals(copied.get(n).toFloatArray(), kept.get(n).toFloatArray(), n);
+                    assertTrue(keptNames.contains("blocks.0.hook_resid_post"));
+                    assertTrue(!keptNames.contains("blocks.1.hook_mlp_out"));
+                }
+            }
+        }
+    }
+
     @Test
     void paddedSequencesMatchTheSequenceAlone() {
         for (Transformer t : new Transformer[]{gpt2, llama}) {
