@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU: builds loupe (nvcc fatbins included), runs the CUDA kernel check
 # and the GPU tests (the kernel check on the device, and every module's tests that honour
-# -Dloupe.gpu=true, e.g. the fixture suite on the CUDA backend), then the JMH GPU benchmarks if any
-# exist, and prints a short table. Usage: bench/gpu-check.sh   (from anywhere; needs nvcc, g++, mvn)
+# -Dloupe.gpu=true: the fixture suite (logits, hooks, gradients, Jacobians, generation), whose tests run
+# on the backends of loupe.engine.TestBackends: cpu, emulated and, here, cuda), then the JMH GPU
+# benchmarks if any exist, and prints a short table.
+# Usage: bench/gpu-check.sh   (from anywhere; needs nvcc, g++, mvn)
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -36,11 +38,22 @@ row "kernel check (cuda vs cpu)" "${check:-not run (see $log/kernels-tests.txt)}
 worst="$(awk '{for(i=1;i<=NF;i++) if($i=="err") print $(i+1), $1}' "$log/kernel-check-cuda.txt" | sort -g | tail -1)"
 row "worst relative error (kernel)" "${worst:-n/a}"
 
+failed=0
 for m in engine interp; do
   [[ -d "$m" ]] || continue
-  mvn -B -pl "$m" test -Dloupe.gpu=true > "$log/$m-tests.txt" 2>&1
+  mvn -B -pl "$m" test -Dloupe.gpu=true > "$log/$m-tests.txt" 2>&1 || failed=1
   row "$m tests with -Dloupe.gpu=true" "$(summarize "$m")"
 done
+# The fixture tests print one line per case and backend, "cuda <case>: ... err <x>" (or "worst <x>"),
+# and "skipped CUDA variants: <reason>" when the cuda variants did not run.
+fixture_rows="$(cat "$log"/engine-tests.txt "$log"/interp-tests.txt 2>/dev/null | grep -E '^cuda ')"
+skip_reason="$(cat "$log"/engine-tests.txt "$log"/interp-tests.txt 2>/dev/null | grep -m1 '^skipped CUDA variants' )"
+if [[ -n "$fixture_rows" ]]; then
+  worst="$(awk '{for(i=1;i<NF;i++) if($i=="err" || $i=="worst") {v=$(i+1); gsub(/[;,]/,"",v); if (v ~ /^[0-9.]+(e[-+]?[0-9]+)?$/ && v+0 > w) {w=v+0; c=$2}}} END {if (w != "") printf "%.3g (%s)", w, c}' <<<"$fixture_rows")"
+  row "fixture suite on cuda" "$(wc -l <<<"$fixture_rows") case(s) printed; worst max rel err ${worst:-n/a}"
+else
+  row "fixture suite on cuda" "not run: ${skip_reason:-no cuda lines in $log/engine-tests.txt}"
+fi
 
 if [[ -f bench/target/loupe-bench.jar ]]; then
   cp="bench/target/loupe-bench.jar:bench/target/lib/*"
@@ -58,3 +71,4 @@ echo
 echo "loupe GPU check ($(date -u +%Y-%m-%dT%H:%MZ)); logs in $log"
 printf '%s\n' "${rows[@]}"
 grep -q 'failed 0' <<<"$(summarize kernels)" || exit 1
+exit "$failed"

@@ -6,20 +6,21 @@ import loupe.engine.Fixtures;
 import loupe.engine.Model;
 import loupe.engine.Scope;
 import loupe.engine.Tensor;
+import loupe.engine.TestBackends;
 import loupe.engine.hooks.Hooks;
 import loupe.engine.io.HostTensor;
 import loupe.engine.io.SafeTensors;
-import loupe.kernels.cpu.CpuBackend;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
+import loupe.kernels.Backend;
 import org.junit.jupiter.params.ParameterizedTest;
-import org.junit.jupiter.params.provider.ValueSource;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
 
 import java.lang.foreign.Arena;
 import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.Map;
+import java.util.stream.Stream;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -27,26 +28,19 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /**
  * The GPT-2 backward against llm.c's {@code gpt2_backward}: the loss, HF's shifted loss, the gradient at
  * every hook the fixture holds (through a backward-hook gradient cache), and every parameter gradient in
- * HF layout, with and without hooks attached (the two paths through the norm backward).
+ * HF layout, with and without hooks attached (the two paths through the norm backward), on every backend
+ * of {@link TestBackends}.
  */
 class BackwardFixtureTest {
-    static CpuBackend cpu;
-
-    @BeforeAll
-    static void init() {
-        cpu = new CpuBackend(2);
+    static Stream<Arguments> cases() {
+        return TestBackends.cases(new Object[]{"gpt2-tiny-a"}, new Object[]{"gpt2-tiny-b"});
     }
 
-    @AfterAll
-    static void done() {
-        cpu.close();
-    }
-
-    @ParameterizedTest
-    @ValueSource(strings = {"gpt2-tiny-a", "gpt2-tiny-b"})
-    void gradientsMatchLlmc(String fixture) {
+    @ParameterizedTest(name = "{0}: {1}")
+    @MethodSource("cases")
+    void gradientsMatchLlmc(TestBackends.Target device, String fixture) {
         Path dir = Fixtures.dir().resolve(fixture);
-        try (Arena arena = Arena.ofConfined(); Model m = Model.load(dir, cpu); Scope s = new Scope(cpu)) {
+        try (Backend be = device.open(); Arena arena = Arena.ofConfined(); Model m = Model.load(dir, be); Scope s = new Scope(be)) {
             SafeTensors ref = SafeTensors.open(dir.resolve("expected.safetensors"), arena);
             Transformer t = m.transformer();
             Batch batch = Batch.of(Fixtures.rows(ref.get("tokens")));
@@ -101,8 +95,8 @@ class BackwardFixtureTest {
                 }
                 assertEquals(hf.size(), params, "every exported parameter is in the fixture");
             }
-            System.out.printf("%s backward: loss %.7f (ref %.7f), shifted %.7f; %d hook gradients worst max rel err %.3g; "
-                            + "parameter gradients worst %.3g%n", fixture, loss, ref.get("loss").toFloatArray()[0], shifted,
+            System.out.printf("%s %s backward: loss %.7f (ref %.7f), shifted %.7f; %d hook gradients worst max rel err %.3g; "
+                            + "parameter gradients worst %.3g%n", device, fixture, loss, ref.get("loss").toFloatArray()[0], shifted,
                     hooks, worstHook, worstParam);
         }
     }

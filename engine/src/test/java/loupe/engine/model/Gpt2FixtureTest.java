@@ -6,43 +6,40 @@ import loupe.engine.Fixtures;
 import loupe.engine.Model;
 import loupe.engine.Scope;
 import loupe.engine.Tensor;
+import loupe.engine.TestBackends;
 import loupe.engine.hooks.Hooks;
 import loupe.engine.io.HostTensor;
 import loupe.engine.io.SafeTensors;
-import loupe.kernels.cpu.CpuBackend;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
+import loupe.kernels.Backend;
 import org.junit.jupiter.params.ParameterizedTest;
-import org.junit.jupiter.params.provider.CsvSource;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
 
 import java.lang.foreign.Arena;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
 import java.util.Map;
+import java.util.stream.Stream;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-/** The GPT-2 forward against llm.c's numbers: logits and every hook the fixture holds, from both file formats. */
+/**
+ * The GPT-2 forward against llm.c's numbers: logits and every hook the fixture holds, from both file
+ * formats, on every backend of {@link TestBackends}.
+ */
 class Gpt2FixtureTest {
-    static CpuBackend cpu;
-
-    @BeforeAll
-    static void init() {
-        cpu = new CpuBackend(2);
+    static Stream<Arguments> cases() {
+        return TestBackends.cases(new Object[]{"gpt2-tiny-a", "."}, new Object[]{"gpt2-tiny-a", "model.llmc.bin"},
+                new Object[]{"gpt2-tiny-b", "."}, new Object[]{"gpt2-tiny-b", "model.llmc.bin"});
     }
 
-    @AfterAll
-    static void done() {
-        cpu.close();
-    }
-
-    @ParameterizedTest
-    @CsvSource({"gpt2-tiny-a,.", "gpt2-tiny-a,model.llmc.bin", "gpt2-tiny-b,.", "gpt2-tiny-b,model.llmc.bin"})
-    void hooksAndLogitsMatchLlmc(String fixture, String file) {
+    @ParameterizedTest(name = "{0}: {1} {2}")
+    @MethodSource("cases")
+    void hooksAndLogitsMatchLlmc(TestBackends.Target device, String fixture, String file) {
         Path dir = Fixtures.dir().resolve(fixture);
         Path weights = file.equals(".") ? dir : dir.resolve(file);
-        try (Arena arena = Arena.ofConfined(); Model m = Model.load(weights, cpu); Scope s = new Scope(cpu)) {
+        try (Backend be = device.open(); Arena arena = Arena.ofConfined(); Model m = Model.load(weights, be); Scope s = new Scope(be)) {
             SafeTensors ref = SafeTensors.open(dir.resolve("expected.safetensors"), arena);
             Map<String, Tensor> cache = new LinkedHashMap<>();
             Batch batch = Batch.of(Fixtures.rows(ref.get("tokens")));
@@ -60,7 +57,7 @@ class Gpt2FixtureTest {
                 worst = Math.max(worst, Compare.assertClose(fixture + " " + name, t.toFloatArray(), r.toFloatArray(), 1e-4));
                 compared++;
             }
-            System.out.printf("%s (%s): %d tensors, worst max rel err %.3g%n", fixture, file, compared, worst);
+            System.out.printf("%s %s (%s): %d tensors, worst max rel err %.3g%n", device, fixture, file, compared, worst);
             assertTrue(compared > 20);
         }
     }

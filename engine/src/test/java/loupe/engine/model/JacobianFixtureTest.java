@@ -5,35 +5,30 @@ import loupe.engine.Fixtures;
 import loupe.engine.Model;
 import loupe.engine.Scope;
 import loupe.engine.Tensor;
+import loupe.engine.TestBackends;
 import loupe.engine.hooks.Hooks;
 import loupe.engine.io.SafeTensors;
-import loupe.kernels.cpu.CpuBackend;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
-import org.junit.jupiter.api.Test;
+import loupe.kernels.Backend;
 import org.junit.jupiter.params.ParameterizedTest;
-import org.junit.jupiter.params.provider.CsvSource;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
 
 import java.lang.foreign.Arena;
 import java.nio.file.Path;
+import java.util.stream.Stream;
 
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * Residual Jacobians by batched backward passes against PyTorch's float64 autograd
- * ({@code jacobian.safetensors}): {@code d blocks.{L-1}.hook_resid_post[0, T-1] / d blocks.1.hook_resid_pre[0, p]}.
+ * ({@code jacobian.safetensors}): {@code d blocks.{L-1}.hook_resid_post[0, T-1] / d blocks.1.hook_resid_pre[0, p]},
+ * on every backend of {@link TestBackends}.
  */
 class JacobianFixtureTest {
-    static CpuBackend cpu;
-
-    @BeforeAll
-    static void init() {
-        cpu = new CpuBackend(2);
-    }
-
-    @AfterAll
-    static void done() {
-        cpu.close();
+    static Stream<Arguments> cases() {
+        // gpt2-tiny-b: about two minutes per case on the emulated device, so there only with -Dloupe.emulated=all
+        return TestBackends.cases(new Object[]{"gpt2-tiny-a", 5}, new Object[]{"gpt2-tiny-a", 10},
+                TestBackends.heavy("gpt2-tiny-b", 20), TestBackends.heavy("gpt2-tiny-b", 39));
     }
 
     /** max|J - ref| / max|ref|. */
@@ -46,11 +41,11 @@ class JacobianFixtureTest {
         return maxDiff / maxRef;
     }
 
-    @ParameterizedTest
-    @CsvSource({"gpt2-tiny-a,5", "gpt2-tiny-a,10", "gpt2-tiny-b,20", "gpt2-tiny-b,39"})
-    void matchesAutogradFloat64(String fixture, int p) {
+    @ParameterizedTest(name = "{0}: {1} p{2}")
+    @MethodSource("cases")
+    void matchesAutogradFloat64(TestBackends.Target device, String fixture, int p) {
         Path dir = Fixtures.dir().resolve(fixture);
-        try (Arena arena = Arena.ofConfined(); Model m = Model.load(dir, cpu); Scope s = new Scope(cpu)) {
+        try (Backend be = device.open(); Arena arena = Arena.ofConfined(); Model m = Model.load(dir, be); Scope s = new Scope(be)) {
             SafeTensors ref = SafeTensors.open(dir.resolve("expected.safetensors"), arena);
             SafeTensors jac = SafeTensors.open(dir.resolve("jacobian.safetensors"), arena);
             Batch batch = Batch.of(Fixtures.rows(ref.get("tokens")));
@@ -60,7 +55,7 @@ class JacobianFixtureTest {
             for (int rows : new int[]{C, 24}) {
                 Tensor J = Jacobian.residual(s, m.transformer(), batch, 1, p, L - 1, T - 1, rows);
                 double e = relErr(J.toFloatArray(), want);
-                System.out.printf("%s jacobian l1 p%d (%d rows per pass): max rel err %.3g%n", fixture, p, rows, e);
+                System.out.printf("%s %s jacobian l1 p%d (%d rows per pass): max rel err %.3g%n", device, fixture, p, rows, e);
                 assertTrue(e <= 1e-4, fixture + " p" + p + ": " + e);
             }
         }
@@ -70,10 +65,11 @@ class JacobianFixtureTest {
      * The broadcast backward (one forward, B gradient rows) equals a backward against a forward of B
      * copies of the input, row by row.
      */
-    @Test
-    void broadcastEqualsCopies() {
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("loupe.engine.TestBackends#allHeavy")   // a 64-row batch: ~20 s on the emulated device
+    void broadcastEqualsCopies(TestBackends.Target device) {
         Path dir = Fixtures.dir().resolve("gpt2-tiny-a");
-        try (Arena arena = Arena.ofConfined(); Model m = Model.load(dir, cpu); Scope s = new Scope(cpu)) {
+        try (Backend be = device.open(); Arena arena = Arena.ofConfined(); Model m = Model.load(dir, be); Scope s = new Scope(be)) {
             SafeTensors ref = SafeTensors.open(dir.resolve("expected.safetensors"), arena);
             int[] tokens = Fixtures.rows(ref.get("tokens"))[0];
             Transformer t = m.transformer();

@@ -6,47 +6,41 @@ import loupe.engine.Fixtures;
 import loupe.engine.Model;
 import loupe.engine.Scope;
 import loupe.engine.Tensor;
+import loupe.engine.TestBackends;
 import loupe.engine.hooks.Hooks;
 import loupe.engine.io.HostTensor;
 import loupe.engine.io.SafeTensors;
-import loupe.kernels.cpu.CpuBackend;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
+import loupe.kernels.Backend;
 import org.junit.jupiter.params.ParameterizedTest;
-import org.junit.jupiter.params.provider.CsvSource;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
 
 import java.lang.foreign.Arena;
 import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.Map;
+import java.util.stream.Stream;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * stories260K (a real pretrained llama2.c model) against run.c's buffers: from the llama2.c file
- * (adjacent-pair rotary) and from the HF layout (rotate-half with permuted q/k rows).
+ * (adjacent-pair rotary) and from the HF layout (rotate-half with permuted q/k rows), on every backend
+ * of {@link TestBackends}.
  */
 class LlamaFixtureTest {
-    static CpuBackend cpu;
-
-    @BeforeAll
-    static void init() {
-        cpu = new CpuBackend(2);
+    static Stream<Arguments> cases() {
+        return TestBackends.cases(new Object[]{"stories260K.bin", ""}, new Object[]{"stories260K.bin", "random."},
+                new Object[]{"hf", ""}, new Object[]{"hf", "random."});
     }
 
-    @AfterAll
-    static void done() {
-        cpu.close();
-    }
-
-    @ParameterizedTest
-    @CsvSource({"stories260K.bin,", "stories260K.bin,random.", "hf,", "hf,random."})
-    void matchesRunC(String file, String prefix) {
-        String pre = prefix == null ? "" : prefix;
+    @ParameterizedTest(name = "{0}: {1} {2}")
+    @MethodSource("cases")
+    void matchesRunC(TestBackends.Target device, String file, String pre) {
         Path dir = Fixtures.dir().resolve("stories260K");
-        try (Arena arena = Arena.ofConfined(); Model m = Model.load(dir.resolve(file), cpu); Scope s = new Scope(cpu)) {
+        try (Backend be = device.open(); Arena arena = Arena.ofConfined(); Model m = Model.load(dir.resolve(file), be); Scope s = new Scope(be)) {
             SafeTensors ref = SafeTensors.open(dir.resolve("expected.safetensors"), arena);
             Map<String, Tensor> cache = new LinkedHashMap<>();
             Batch batch = Batch.of(ref.get(pre + "tokens").toIntArray());
@@ -68,7 +62,7 @@ class LlamaFixtureTest {
                 worst = Math.max(worst, Compare.assertClose(file + " " + name, t.toFloatArray(), r.toFloatArray(), 1e-4));
                 compared++;
             }
-            System.out.printf("stories260K %s %s: %d tensors, worst max rel err %.3g%n", file, pre, compared, worst);
+            System.out.printf("%s stories260K %s %s: %d tensors, worst max rel err %.3g%n", device, file, pre, compared, worst);
             assertTrue(compared >= 8);
         }
     }

@@ -2,13 +2,15 @@ package loupe.engine.model;
 
 import loupe.engine.Fixtures;
 import loupe.engine.Model;
+import loupe.engine.TestBackends;
 import loupe.engine.generate.Generator;
 import loupe.engine.generate.Sampling;
 import loupe.engine.hooks.Hooks;
 import loupe.engine.io.Json;
 import loupe.engine.tokenizer.Llama2cTokenizer;
-import loupe.kernels.cpu.CpuBackend;
-import org.junit.jupiter.api.Test;
+import loupe.kernels.Backend;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.MethodSource;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -19,16 +21,20 @@ import java.util.OptionalInt;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
-/** Greedy KV-cached generation reproduces llama2.c's run.c token for token and byte for byte. */
+/**
+ * Greedy KV-cached generation reproduces llama2.c's run.c token for token and byte for byte, on every
+ * backend of {@link TestBackends}.
+ */
 class Stories260KGenerationTest {
 
-    @Test
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("loupe.engine.TestBackends#all")
     @SuppressWarnings("unchecked")
-    void greedyGenerationMatchesRunC() throws Exception {
+    void greedyGenerationMatchesRunC(TestBackends.Target device) throws Exception {
         Path dir = Fixtures.dir().resolve("stories260K");
         Map<String, Object> ref = Json.parseObject(Files.readString(dir.resolve("generations.json")), "generations.json");
         int steps = ((Number) ref.get("steps")).intValue();
-        try (CpuBackend cpu = new CpuBackend(2); Model m = Model.load(dir.resolve("stories260K.bin"), cpu)) {
+        try (Backend be = device.open(); Model m = Model.load(dir.resolve("stories260K.bin"), be)) {
             Llama2cTokenizer tok = Llama2cTokenizer.load(dir.resolve("tok512.bin"), OptionalInt.of(m.config().vocab()));
             long tokens = 0, nanos = 0;
             for (Object o : (List<Object>) ref.get("generations")) {
@@ -50,7 +56,7 @@ class Stories260KGenerationTest {
                 out.append('\n');
                 assertEquals(g.get("stdout"), out.toString(), "stdout for prompt '" + g.get("prompt") + "'");
             }
-            System.out.printf("stories260K greedy generation: %.0f tokens/s (KV cache, including prefill)%n", tokens / (nanos / 1e9));
+            System.out.printf("%s stories260K greedy generation: %.0f tokens/s (KV cache, including prefill)%n", device, tokens / (nanos / 1e9));
         }
     }
 

@@ -5,18 +5,23 @@ import loupe.engine.Batch;
 import loupe.engine.Model;
 import loupe.engine.Scope;
 import loupe.engine.Tensor;
+import loupe.engine.TestBackends;
 import loupe.engine.hooks.Hooks;
 import loupe.engine.io.SafeTensors;
 import loupe.interp.TestModels;
+import loupe.kernels.Backend;
 import loupe.kernels.cpu.CpuBackend;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.CsvSource;
+import org.junit.jupiter.params.provider.MethodSource;
 
 import java.lang.foreign.Arena;
 import java.nio.file.Path;
+import java.util.stream.Stream;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -25,7 +30,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * Jacobians between hook points: against PyTorch's float64 autograd on the fixtures
- * ({@code jacobian.safetensors}), and against central finite differences on a random grouped-query
+ * ({@code jacobian.safetensors}, on every backend of {@link TestBackends}), and against central finite differences on a random grouped-query
  * Llama for non-residual pairs (attention heads, MLP neurons, the final norm, the logits, the embedding).
  */
 class HookJacobianTest {
@@ -51,11 +56,17 @@ class HookJacobianTest {
         return d / m;
     }
 
-    @ParameterizedTest
-    @CsvSource({"gpt2-tiny-a,5", "gpt2-tiny-a,10", "gpt2-tiny-b,20", "gpt2-tiny-b,39"})
-    void matchesTheFloat64Fixture(String fixture, int p) {
+    static Stream<Arguments> fixtureCases() {
+        // gpt2-tiny-b: minutes per case on the emulated device, so there only with -Dloupe.emulated=all
+        return TestBackends.cases(new Object[]{"gpt2-tiny-a", 5}, new Object[]{"gpt2-tiny-a", 10},
+                TestBackends.heavy("gpt2-tiny-b", 20), TestBackends.heavy("gpt2-tiny-b", 39));
+    }
+
+    @ParameterizedTest(name = "{0}: {1} p{2}")
+    @MethodSource("fixtureCases")
+    void matchesTheFloat64Fixture(TestBackends.Target device, String fixture, int p) {
         Path dir = TestModels.fixtures().resolve(fixture);
-        try (Arena arena = Arena.ofConfined(); Model m = Model.load(dir, cpu); Scope s = new Scope(cpu)) {
+        try (Backend be = device.open(); Arena arena = Arena.ofConfined(); Model m = Model.load(dir, be); Scope s = new Scope(be)) {
             double[] want = SafeTensors.open(dir.resolve("jacobian.safetensors"), arena).get("jacobian64.l1.p" + p).toDoubleArray();
             Batch batch = Batch.of(TestModels.fixtureTokens(fixture));   // J is taken on sequence 0
             int L = m.config().nLayers();
@@ -66,7 +77,7 @@ class HookJacobianTest {
                     HookJacobian.Result r = HookJacobian.compute(s, m.transformer(), batch, HookSite.parse(in), out,
                             HookJacobian.Options.DEFAULT.withRowsPerPass(rows));
                     double e = relErr(r.jacobian().toFloatArray(), want);
-                    System.out.printf("%s d %s / d %s (rows per pass %s): max rel err %.3g%n", fixture, out, in, rows == 0 ? "auto" : rows, e);
+                    System.out.printf("%s %s d %s / d %s (rows per pass %s): max rel err %.3g%n", device, fixture, out, in, rows == 0 ? "auto" : rows, e);
                     assertTrue(e <= 1e-4, fixture + " " + in + ": " + e);
                     assertArrayEquals(new int[]{m.config().dModel(), m.config().dModel()}, r.jacobian().shape());
                 }
