@@ -231,8 +231,10 @@ public final class CpuBackend implements Backend {
                      float beta, Buffer c, long cOff, int ldc, long strideC, int batch) {
         MemorySegment sa = seg(a), sb = seg(b), sc = seg(c);
         if (m == 0 || n == 0) return;
-        if (m == 1 && k > 0 && !transA && transB) {
-            // Single rows against W [n, k]: streamed once for every row that shares it (strideB 0).
+        if (m == 1 && k > 0 && !transA && transB && ((long) n * k >= SKINNY_MIN_WEIGHT || blas.isEmpty() || !blas.get().hasGemv())) {
+            // Single rows against a large W [n, k] (an unembedding): streamed once for every row that shares
+            // it (strideB 0). The choice depends on W's size only, never on the batch, so a row's bits do not
+            // depend on its company.
             if (strideB == 0) {
                 skinny(sa.asSlice(aOff * 4), strideA, batch, sb.asSlice(bOff * 4), ldb, n, k, alpha, beta, sc.asSlice(cOff * 4), strideC);
             } else {
@@ -272,6 +274,13 @@ public final class CpuBackend implements Backend {
             }
         }
     }
+
+    /**
+     * Weights of at least this many elements (64 MB) take the skinny kernel for single rows: they stream
+     * from memory, where reading W once for all rows wins. Smaller ones stay cache-resident, where
+     * cblas_sgemv (whose threads are already spinning) is faster per row.
+     */
+    private static final long SKINNY_MIN_WEIGHT = 16L << 20;
 
     private void skinny(MemorySegment a, long strideA, int rows, MemorySegment w, int ldw, int n, int k,
                         float alpha, float beta, MemorySegment c, long strideC) {

@@ -1,6 +1,7 @@
 package loupe.kernels.cpu;
 
 import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.VectorShuffle;
 import jdk.incubator.vector.VectorSpecies;
 
 import java.lang.foreign.MemorySegment;
@@ -16,7 +17,7 @@ import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
  * <p>Why not the BLAS: {@code sgemv} serves one row only (B rows would read W B times), and
  * {@code sgemm} rounds a row differently depending on how many rows it is given. Here every output
  * element is the same dot product whatever the number of rows: vector FMAs over k in order, the lanes
- * summed in lane order, then the scalar tail. So one sequence's logits are bit-identical whether it is
+ * summed by a fixed tree, then the scalar tail. So one sequence's logits are bit-identical whether it is
  * unembedded alone or with 191 others (what batched patching sweeps rely on).
  */
 final class SkinnyGemm {
@@ -45,25 +46,34 @@ final class SkinnyGemm {
         }
     }
 
-    /** One row: four W rows at a time, so that four independent FMA chains hide the FMA latency. */
+    /** One row: eight W rows at a time, so that eight independent FMA chains keep both FMA units busy. */
     private static void single(MemorySegment a, long aRow, MemorySegment w, int ldw, int k, float alpha, float beta,
                                MemorySegment c, long cRow, int j0, int j1, float[] lanes) {
         int vk = S.loopBound(k), L = S.length();
         int j = j0;
-        for (; j + 4 <= j1; j += 4) {
-            long w0 = (long) j * ldw, w1 = w0 + ldw, w2 = w1 + ldw, w3 = w2 + ldw;
-            FloatVector s0 = FloatVector.zero(S), s1 = s0, s2 = s0, s3 = s0;
+        for (; j + 8 <= j1; j += 8) {
+            long w0 = (long) j * ldw;
+            FloatVector s0 = FloatVector.zero(S), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
             for (int p = 0; p < vk; p += L) {
                 FloatVector av = FloatVector.fromMemorySegment(S, a, (aRow + p) * 4, LE);
-                s0 = av.fma(FloatVector.fromMemorySegment(S, w, (w0 + p) * 4, LE), s0);
-                s1 = av.fma(FloatVector.fromMemorySegment(S, w, (w1 + p) * 4, LE), s1);
-                s2 = av.fma(FloatVector.fromMemorySegment(S, w, (w2 + p) * 4, LE), s2);
-                s3 = av.fma(FloatVector.fromMemorySegment(S, w, (w3 + p) * 4, LE), s3);
+                long o = (w0 + p) * 4, d = (long) ldw * 4;
+                s0 = av.fma(FloatVector.fromMemorySegment(S, w, o, LE), s0);
+                s1 = av.fma(FloatVector.fromMemorySegment(S, w, o + d, LE), s1);
+                s2 = av.fma(FloatVector.fromMemorySegment(S, w, o + 2 * d, LE), s2);
+                s3 = av.fma(FloatVector.fromMemorySegment(S, w, o + 3 * d, LE), s3);
+                s4 = av.fma(FloatVector.fromMemorySegment(S, w, o + 4 * d, LE), s4);
+                s5 = av.fma(FloatVector.fromMemorySegment(S, w, o + 5 * d, LE), s5);
+                s6 = av.fma(FloatVector.fromMemorySegment(S, w, o + 6 * d, LE), s6);
+                s7 = av.fma(FloatVector.fromMemorySegment(S, w, o + 7 * d, LE), s7);
             }
             store(c, cRow + j, finish(s0, a, aRow, w, w0, vk, k, lanes), alpha, beta);
-            store(c, cRow + j + 1, finish(s1, a, aRow, w, w1, vk, k, lanes), alpha, beta);
-            store(c, cRow + j + 2, finish(s2, a, aRow, w, w2, vk, k, lanes), alpha, beta);
-            store(c, cRow + j + 3, finish(s3, a, aRow, w, w3, vk, k, lanes), alpha, beta);
+            store(c, cRow + j + 1, finish(s1, a, aRow, w, w0 + ldw, vk, k, lanes), alpha, beta);
+            store(c, cRow + j + 2, finish(s2, a, aRow, w, w0 + 2L * ldw, vk, k, lanes), alpha, beta);
+            store(c, cRow + j + 3, finish(s3, a, aRow, w, w0 + 3L * ldw, vk, k, lanes), alpha, beta);
+            store(c, cRow + j + 4, finish(s4, a, aRow, w, w0 + 4L * ldw, vk, k, lanes), alpha, beta);
+            store(c, cRow + j + 5, finish(s5, a, aRow, w, w0 + 5L * ldw, vk, k, lanes), alpha, beta);
+            store(c, cRow + j + 6, finish(s6, a, aRow, w, w0 + 6L * ldw, vk, k, lanes), alpha, beta);
+            store(c, cRow + j + 7, finish(s7, a, aRow, w, w0 + 7L * ldw, vk, k, lanes), alpha, beta);
         }
         for (; j < j1; j++) {
             long wRow = (long) j * ldw;
@@ -109,14 +119,27 @@ final class SkinnyGemm {
         }
     }
 
-    /** The lanes summed in order, then the tail {@code [vk, k)}. */
+    /** The lanes summed by a fixed pairwise tree (lane i with lane i ^ d, d = L/2 ... 1), then the tail {@code [vk, k)}. */
     private static float finish(FloatVector acc, MemorySegment a, long aRow, MemorySegment w, long wRow, int vk, int k, float[] lanes) {
-        acc.intoArray(lanes, 0);
-        float s = 0f;
-        for (float v : lanes) s += v;
+        for (VectorShuffle<Float> sh : TREE) acc = acc.add(acc.rearrange(sh));
+        float s = acc.lane(0);
         for (int p = vk; p < k; p++)
             s = Math.fma(a.getAtIndex(JAVA_FLOAT, aRow + p), w.getAtIndex(JAVA_FLOAT, wRow + p), s);
         return s;
+    }
+
+    @SuppressWarnings("unchecked")
+    private static final VectorShuffle<Float>[] TREE = treeShuffles();
+
+    @SuppressWarnings("unchecked")
+    private static VectorShuffle<Float>[] treeShuffles() {
+        int L = S.length(), stages = Integer.numberOfTrailingZeros(L);
+        VectorShuffle<Float>[] t = new VectorShuffle[stages];
+        for (int i = 0, d = L / 2; d >= 1; i++, d /= 2) {
+            int dd = d;
+            t[i] = VectorShuffle.fromOp(S, lane -> lane ^ dd);
+        }
+        return t;
     }
 
     private static void store(MemorySegment c, long i, float dot, float alpha, float beta) {
