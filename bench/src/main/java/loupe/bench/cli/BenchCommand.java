@@ -5,12 +5,11 @@ import loupe.engine.Batch;
 import loupe.engine.Model;
 import loupe.engine.Scope;
 import loupe.engine.Tensor;
-import loupe.engine.generate.Generator;
-import loupe.engine.generate.Sampling;
 import loupe.engine.hooks.Hooks;
 import loupe.engine.io.Json;
 import loupe.engine.model.ModelConfig;
 import loupe.engine.model.Transformer;
+import loupe.bench.jmh.CompareCases;
 import loupe.kernels.Backend;
 import loupe.kernels.cpu.CpuBackend;
 import picocli.CommandLine.Command;
@@ -23,8 +22,6 @@ import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.OptionalInt;
-import java.util.SplittableRandom;
 import java.util.function.Predicate;
 
 /**
@@ -38,13 +35,6 @@ final class BenchCommand implements Runnable {
     @Override
     public void run() {
         new picocli.CommandLine(this).usage(System.out);
-    }
-
-    static int[][] randomTokens(int batch, int tokens, int vocab, long seed) {
-        SplittableRandom r = new SplittableRandom(seed);
-        int[][] ids = new int[batch][tokens];
-        for (int[] row : ids) for (int i = 0; i < tokens; i++) row[i] = r.nextInt(vocab);
-        return ids;
     }
 
     /**
@@ -127,7 +117,7 @@ final class BenchCommand implements Runnable {
         public void run() {
             try (Backend be = model.backend(); Model m = model.load(be)) {
                 Transformer t = m.transformer();
-                Batch b = Batch.of(randomTokens(batch, tokens, t.config().vocab(), 1));
+                Batch b = Batch.of(CompareCases.randomTokens(batch, tokens, t.config().vocab(), 1));
                 Predicate<String> wanted = cache.isEmpty() ? null : RunCommand.patterns(cache, t.allHookNames());
                 long before = residentKb();
                 resetPeakResident();
@@ -198,49 +188,21 @@ final class BenchCommand implements Runnable {
                             ModelConfig cfg = t.config();
                             switch (name) {
                                 case "forward", "forward_cached" -> {
-                                    Batch b = Batch.of(randomTokens(batch, tokens, cfg.vocab(), 1));
-                                    boolean cached = name.equals("forward_cached");
-                                    times = time(2, iters, () -> {
-                                        try (Scope s = new Scope(be)) {
-                                            // Every hook TransformerLens's run_with_cache returns by default (all but
-                                            // attn.hook_result, which TL computes only with use_attn_result): the torch side's set.
-                                            t.forward(s, b, cached ? new Hooks().cache(x -> !x.endsWith("attn.hook_result"), s, new HashMap<>()) : Hooks.none());
-                                        }
-                                    });
+                                    times = time(2, iters, CompareCases.forward(t, batch, tokens, name.equals("forward_cached")));
                                     flops = forwardFlops(cfg, batch, tokens);
                                 }
                                 case "patching" -> {
-                                    // resid_pre over every layer x 16 positions of a 16-token prompt; the corrupted
-                                    // prompt changes three ids; the metric is the normalized logit difference.
-                                    int[] clean = randomTokens(1, 16, cfg.vocab(), 3)[0], corrupt = clean.clone();
-                                    corrupt[2] = (corrupt[2] + 1) % cfg.vocab();
-                                    corrupt[7] = (corrupt[7] + 1) % cfg.vocab();
-                                    corrupt[11] = (corrupt[11] + 1) % cfg.vocab();
-                                    times = time(1, iters, () -> {
-                                        try (var p = new loupe.interp.patching.ActivationPatching(t, Batch.of(clean), Batch.of(corrupt))) {
-                                            var metric = loupe.interp.patching.Metrics.logitDiff(1, 2);
-                                            float c = p.cleanValue(metric), k = p.corruptedValue(metric);
-                                            p.residPre(loupe.interp.patching.Metrics.normalized(metric, c, k));
-                                        }
-                                    });
+                                    times = time(1, iters, CompareCases.patching(t));
                                     flops = forwardFlops(cfg, 1, 16) * (cfg.nLayers() * 16 + 2);
                                 }
                                 case "jacobian" -> {
-                                    // d blocks.11.hook_resid_post[last] / d blocks.4.hook_resid_pre[5], 16-token prompt.
-                                    Batch b = Batch.of(randomTokens(1, 16, cfg.vocab(), 4));
-                                    int in = Math.min(4, cfg.nLayers() - 1), out = cfg.nLayers() - 1;
-                                    times = time(1, iters, () -> {
-                                        try (Scope s = new Scope(be)) {
-                                            loupe.engine.model.Jacobian.residual(s, t, b, in, 5, out, 15);
-                                        }
-                                    });
+                                    times = time(1, iters, CompareCases.jacobian(t));
                                     // The floor: a backward of blocks in..out (activation gradients only, about the
                                     // forward's matmul FLOPs) for d_model one-hot rows of 16 tokens.
-                                    flops = blockFlops(cfg, cfg.dModel(), 16) * (out - in + 1);
+                                    flops = blockFlops(cfg, cfg.dModel(), 16) * (cfg.nLayers() - CompareCases.jacobianInLayer(cfg));
                                 }
                                 case "generate" -> {
-                                    int[][] prompt = randomTokens(1, 16, cfg.vocab(), 2);
-                                    times = time(1, iters, () -> Generator.generate(t, prompt, 128, Sampling.greedy(), OptionalInt.empty(), Hooks.none(), 0));
+                                    times = time(1, iters, CompareCases.generate(t));
                                     r.put("weight_bytes", m.transformer().weights().bytes());
                                 }
                                 default -> throw new LoupeException("unknown case '" + name + "' (forward, forward_cached, patching, jacobian, generate, gemm, copy)");

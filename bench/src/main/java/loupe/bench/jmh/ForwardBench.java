@@ -30,7 +30,8 @@ import java.util.concurrent.TimeUnit;
 /**
  * Forward pass of a GPT-2-small-sized model (124M parameters, random weights) on the CPU backend:
  * plain, and with every hook cached.
- * Run: {@code ./loupe bench jmh ForwardBench} (or java -cp ... org.openjdk.jmh.Main ForwardBench).
+ * Run (after {@code ./loupe} has built the jars): {@code java --add-modules jdk.incubator.vector
+ * -cp "bench/target/loupe-bench.jar:bench/target/lib/*" org.openjdk.jmh.Main ForwardBench}.
  */
 @State(org.openjdk.jmh.annotations.Scope.Benchmark)
 @BenchmarkMode(Mode.AverageTime)
