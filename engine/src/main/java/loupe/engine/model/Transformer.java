@@ -138,23 +138,36 @@ public final class Transformer {
      *                        {@code logits} and the {@code ln_final} hooks have one position. For metrics
      *                        and sampling that read only the next-token prediction; it saves the
      *                        unembedding of every other position (most of a short prompt's FLOPs)
+     * @param logitColumns    null, or the only vocabulary ids to unembed: {@code logits} keeps its shape
+     *                        {@code [batch, pos, d_vocab]} but holds 0 in every other column. For metrics
+     *                        that read a few logits (a logit difference): a sweep then skips the rest of the
+     *                        unembedding, which at one position per cell is most of its memory traffic
      */
     public record Options(boolean keepActivations, KVCache cache, int startLayer, Tensor startResid, int stopLayer,
-                          boolean lastLogitsOnly) {
-        public static final Options DEFAULT = new Options(false, null, 0, null, Integer.MAX_VALUE, false);
+                          boolean lastLogitsOnly, int[] logitColumns) {
+        public static final Options DEFAULT = new Options(false, null, 0, null, Integer.MAX_VALUE, false, null);
+
+        public Options(boolean keepActivations, KVCache cache, int startLayer, Tensor startResid, int stopLayer, boolean lastLogitsOnly) {
+            this(keepActivations, cache, startLayer, startResid, stopLayer, lastLogitsOnly, null);
+        }
 
         public Options(boolean keepActivations, KVCache cache) {
-            this(keepActivations, cache, 0, null, Integer.MAX_VALUE, false);
+            this(keepActivations, cache, 0, null, Integer.MAX_VALUE, false, null);
         }
 
         /** Runs blocks {@code [startLayer, stopLayer)} from the given residual. */
         public static Options range(int startLayer, Tensor startResid, int stopLayer, boolean keepActivations) {
-            return new Options(keepActivations, null, startLayer, startResid, stopLayer, false);
+            return new Options(keepActivations, null, startLayer, startResid, stopLayer, false, null);
         }
 
         /** The same options with logits for the last position only. */
         public Options withLastLogitsOnly() {
-            return new Options(keepActivations, cache, startLayer, startResid, stopLayer, true);
+            return new Options(keepActivations, cache, startLayer, startResid, stopLayer, true, logitColumns);
+        }
+
+        /** The same options unembedding only vocabulary ids {@code ids} (null: all); see {@link #logitColumns}. */
+        public Options withLogitColumns(int[] ids) {
+            return new Options(keepActivations, cache, startLayer, startResid, stopLayer, lastLogitsOnly, ids == null ? null : ids.clone());
         }
     }
 
@@ -324,8 +337,12 @@ public final class Transformer {
         f.lnFinalOut = w.lnFinalW == null && w.lnFinalB == null ? f.lnFinalNorm : scope.empty(B, TL, C);
         f.lnFinalOut = norm(f.lnFinalOut, f.lnFinalNorm, f.lnFinalScale, finalIn, w.lnFinalW, w.lnFinalB, B * TL, hk,
                 HookPoint.LN_FINAL_SCALE, HookPoint.LN_FINAL_NORMALIZED, -1, scope, past + T - TL);
-        f.logits = scope.empty(B, TL, cfg.vocab());
-        linear(f.logits, f.lnFinalOut, w.unembed, w.unembedB, B, TL);
+        if (opts.logitColumns() == null) {
+            f.logits = scope.empty(B, TL, cfg.vocab());
+            linear(f.logits, f.lnFinalOut, w.unembed, w.unembedB, B, TL);
+        } else {
+            f.logits = someLogits(scope, f.lnFinalOut, opts.logitColumns(), B, TL);
+        }
         hk.fire(slot(HookPoint.LOGITS, -1), f.logits, HookPoint.LOGITS, -1, scope, past + T - TL);
         return f;
     }
@@ -470,6 +487,27 @@ public final class Transformer {
         be.gemm(false, true, T, outF, inF, 1f, x.buffer(), x.offset(), inF, (long) T * inF,
                 weight.buffer(), weight.offset(), inF, 0, 0f, out.buffer(), out.offset(), outF, (long) T * outF, B);
         if (bias != null) be.addBias(out.buffer(), out.offset(), bias.buffer(), bias.offset(), B * T, outF);
+    }
+
+    /**
+     * Logits {@code [B, TL, d_vocab]} with only columns {@code ids} computed (the rest 0): the unembedding's
+     * rows for those ids gathered into a small weight, one linear layer, the columns scattered back.
+     */
+    private Tensor someLogits(Scope scope, Tensor x, int[] ids, int B, int TL) {
+        int V = cfg.vocab(), C = cfg.dModel(), n = ids.length, rows = B * TL;
+        for (int id : ids)
+            if (id < 0 || id >= V) throw new LoupeException("logit columns: vocabulary id " + id + " is outside [0, " + V + ")");
+        Tensor idx = scope.fromInts(ids, n);
+        Tensor wSub = scope.empty(n, C), bSub = w.unembedB == null ? null : scope.empty(n);
+        be.gatherRows(wSub.buffer(), wSub.offset(), w.unembed.buffer(), w.unembed.offset(), idx.buffer(), idx.offset(), n, C);
+        if (bSub != null) be.gatherRows(bSub.buffer(), bSub.offset(), w.unembedB.buffer(), w.unembedB.offset(), idx.buffer(), idx.offset(), n, 1);
+        Tensor sub = scope.empty(B, TL, n);
+        linear(sub, x, wSub, bSub, B, TL);
+        Tensor logits = scope.zeros(B, TL, V);
+        for (int i = 0; i < n; i++)
+            be.copyStrided(logits.buffer(), logits.offset() + ids[i], new long[]{0, 0, V, 1}, sub.buffer(), sub.offset() + i,
+                    new long[]{0, 0, n, 1}, new int[]{1, 1, rows, 1}, false);
+        return logits;
     }
 
     /**

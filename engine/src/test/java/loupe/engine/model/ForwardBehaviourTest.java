@@ -48,6 +48,37 @@ class ForwardBehaviourTest {
             assertEquals(a[aRow * v + i], b[bRow * v + i], tol, "logit " + i + " of row " + aRow + "/" + bRow);
     }
 
+    /** Options.logitColumns computes the logits of the given ids only (close to the full unembedding), the rest 0. */
+    @Test
+    void logitColumnsComputeThoseColumnsOnly() {
+        for (Transformer t : new Transformer[]{gpt2, llama}) {
+            int V = t.config().vocab();
+            int[] ids = {7, 3, V - 1};
+            Batch b = Batch.of(new int[][]{{3, 14, 15, 9, 2}, {2, 7, 1, 8, 2}});
+            for (boolean last : new boolean[]{false, true}) {
+                try (Scope s = new Scope(cpu)) {
+                    Transformer.Options o = last ? Transformer.Options.DEFAULT.withLastLogitsOnly() : Transformer.Options.DEFAULT;
+                    float[] full = t.forward(s, b, Hooks.none(), o).logits.toFloatArray();
+                    float[] some = t.forward(s, b, Hooks.none(), o.withLogitColumns(ids)).logits.toFloatArray();
+                    assertEquals(full.length, some.length);
+                    double scale = 0;
+                    for (float v : full) scale = Math.max(scale, Math.abs(v));
+                    for (int i = 0; i < full.length; i++) {
+                        int col = i % V;
+                        boolean wanted = col == 7 || col == 3 || col == V - 1;
+                        if (wanted) assertEquals(full[i], some[i], 1e-6 * scale, "column " + col);
+                        else assertEquals(0f, some[i], "column " + col + " is not computed");
+                    }
+                }
+            }
+            try (Scope s = new Scope(cpu)) {
+                LoupeException e = assertThrows(LoupeException.class,
+                        () -> t.forward(s, b, Hooks.none(), Transformer.Options.DEFAULT.withLogitColumns(new int[]{V})));
+                assertTrue(e.getMessage().contains("vocabulary id " + V), e.getMessage());
+            }
+        }
+    }
+
     /**
      * A cache owned by the forward's own scope keeps the activations themselves (no copy): none of them
      * may be overwritten by a later block. Compared with copies into another scope, for every hook, with

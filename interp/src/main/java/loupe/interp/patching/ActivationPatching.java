@@ -161,8 +161,7 @@ public final class ActivationPatching implements AutoCloseable {
 
     private float plainValue(Batch b, Metric metric) {
         try (Scope s = new Scope(be)) {
-            Transformer.Options o = metric.lastPositionOnly() ? Transformer.Options.DEFAULT.withLastLogitsOnly() : Transformer.Options.DEFAULT;
-            Transformer.Forward f = model.forward(s, b, Hooks.none(), o);
+            Transformer.Forward f = model.forward(s, b, Hooks.none(), options(metric, Transformer.Options.DEFAULT));
             return metric.evaluate(f.logits, prompts)[0];
         }
     }
@@ -347,7 +346,7 @@ public final class ActivationPatching implements AutoCloseable {
                 return null;
             });
         }
-        return forwardFrom(scope, first, target(), 1, hooks, false).logits;
+        return forwardFrom(scope, first, target(), 1, hooks, null).logits;
     }
 
     /** One batched forward pass for cells of block {@code layer}: one value per cell. */
@@ -367,19 +366,19 @@ public final class ActivationPatching implements AutoCloseable {
                 };
                 hooks.add(e.getKey(), patch);
             }
-            Transformer.Forward f = forwardFrom(s, layer, target(), n, hooks, metric.lastPositionOnly());
+            Transformer.Forward f = forwardFrom(s, layer, target(), n, hooks, metric);
             return metric.evaluate(f.logits, prompts);
         }
     }
 
     /**
      * A forward pass of {@code copies} copies of {@code batch} (copy-major), starting at block
-     * {@code layer} from the target run's cached residual (from the embedding when layer is 0); with
-     * {@code lastOnly} only the last position is unembedded (the metric reads nothing else).
+     * {@code layer} from the target run's cached residual (from the embedding when layer is 0); with a
+     * {@code metric}, only the logits it reads are computed ({@link Metric#options}), else all of them.
      */
-    private Transformer.Forward forwardFrom(Scope s, int layer, Batch batch, int copies, Hooks hooks, boolean lastOnly) {
+    private Transformer.Forward forwardFrom(Scope s, int layer, Batch batch, int copies, Hooks hooks, Metric metric) {
         Batch rows = replicate(batch, copies);
-        Transformer.Options plain = lastOnly ? Transformer.Options.DEFAULT.withLastLogitsOnly() : Transformer.Options.DEFAULT;
+        Transformer.Options plain = options(metric, Transformer.Options.DEFAULT);
         if (layer == 0) return model.forward(s, rows, hooks, plain);
         Tensor pre = targetResidPre[layer];                   // [P, pos, d_model]
         int rowBlock = Math.toIntExact(pre.numel());
@@ -388,7 +387,18 @@ public final class ActivationPatching implements AutoCloseable {
         be.copyStrided(start.buffer(), start.offset(), new long[]{0, 0, rowBlock, 1},
                 pre.buffer(), pre.offset(), new long[]{0, 0, 0, 1}, new int[]{1, 1, copies, rowBlock}, false);
         Transformer.Options o = Transformer.Options.range(layer, start, Integer.MAX_VALUE, false);
-        return model.forward(s, rows, hooks, lastOnly ? o.withLastLogitsOnly() : o);
+        return model.forward(s, rows, hooks, options(metric, o));
+    }
+
+    /** {@code base} narrowed to what {@code metric} reads (null: everything), its token ids checked first. */
+    private Transformer.Options options(Metric metric, Transformer.Options base) {
+        if (metric == null) return base;
+        int[] ids = metric.vocabIds();
+        if (ids != null)
+            for (int id : ids)
+                if (id < 0 || id >= cfg.vocab())
+                    throw new LoupeException("the metric reads token " + id + ", which is out of range [0, " + cfg.vocab() + ") for this model");
+        return metric.options(base);
     }
 
     private static Batch replicate(Batch b, int copies) {

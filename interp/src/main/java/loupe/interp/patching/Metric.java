@@ -1,6 +1,7 @@
 package loupe.interp.patching;
 
 import loupe.engine.Tensor;
+import loupe.engine.model.Transformer;
 
 /**
  * A patching metric: a function of a run's logits, as TransformerLens's {@code patching_metric}. It is
@@ -28,6 +29,20 @@ public interface Metric {
      */
     default boolean lastPositionOnly() {
         return false;
+    }
+
+    /**
+     * The vocabulary ids {@link #perRow} reads, or null when it reads any (a softmax): sweeps then unembed
+     * only those columns ({@code Transformer.Options.logitColumns}; the other logits are 0).
+     */
+    default int[] vocabIds() {
+        return null;
+    }
+
+    /** {@code base} narrowed to what this metric reads: the last position only, and only its {@link #vocabIds}. */
+    default Transformer.Options options(Transformer.Options base) {
+        Transformer.Options o = lastPositionOnly() ? base.withLastLogitsOnly() : base;
+        return o.withLogitColumns(vocabIds());
     }
 
     /** The value of one cell from its rows' values {@code rowValues[from .. from+count)}; by default their mean. */

@@ -33,7 +33,8 @@ public final class Metrics {
             throw new LoupeException("logit difference: " + answer.length + " answer tokens and " + wrong.length
                     + " wrong tokens; give one of each per prompt (or one of each for all prompts)");
         int[] a = answer.clone(), w = wrong.clone();
-        return lastPosition(logits -> {
+        int[] ids = java.util.stream.IntStream.concat(java.util.Arrays.stream(a), java.util.Arrays.stream(w)).distinct().toArray();
+        return lastPosition(ids, logits -> {
             int rows = logits.dim(0), T = logits.dim(1), V = logits.dim(2);
             checkTokens(a, V, rows, "answer");
             checkTokens(w, V, rows, "wrong");
@@ -51,6 +52,11 @@ public final class Metrics {
 
     /** {@code m}, declared to read the last position only (see {@link Metric#lastPositionOnly()}). */
     static Metric lastPosition(Metric m) {
+        return lastPosition(null, m);
+    }
+
+    /** {@code m}, declared to read the last position only and, when {@code ids} is given, only those vocabulary ids. */
+    static Metric lastPosition(int[] ids, Metric m) {
         return new Metric() {
             @Override
             public float[] perRow(Tensor logits) {
@@ -60,6 +66,11 @@ public final class Metrics {
             @Override
             public boolean lastPositionOnly() {
                 return true;
+            }
+
+            @Override
+            public int[] vocabIds() {
+                return ids == null ? null : ids.clone();
             }
         };
     }
@@ -110,6 +121,11 @@ public final class Metrics {
             @Override
             public boolean lastPositionOnly() {
                 return metric.lastPositionOnly();
+            }
+
+            @Override
+            public int[] vocabIds() {
+                return metric.vocabIds();
             }
 
             @Override

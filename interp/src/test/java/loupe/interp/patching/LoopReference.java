@@ -64,8 +64,7 @@ final class LoopReference {
                         patchOnHost(c, x.shape(), xs, cs);
                         return ctx.scope().fromArray(xs, x.shape());
                     });
-                    Transformer.Options o = metric.lastPositionOnly() ? Transformer.Options.DEFAULT.withLastLogitsOnly() : Transformer.Options.DEFAULT;
-                    Transformer.Forward f = t.forward(s, corrupted, h, o);
+                    Transformer.Forward f = t.forward(s, corrupted, h, metric.options(Transformer.Options.DEFAULT));
                     out[i] = metric.evaluate(f.logits, corrupted.size())[0];
                 }
             }

@@ -298,7 +298,7 @@ class PatchingTest {
             e = assertThrows(LoupeException.class, () -> ap.run(List.of(PatchCell.atPos(HookPoint.POS_EMBED, 0, 0)), ld));
             assertTrue(e.getMessage().contains("not a per-block hook"), e.getMessage());
             e = assertThrows(LoupeException.class, () -> ap.run(List.of(PatchCell.atPos(HookPoint.RESID_PRE, 0, 0)), Metrics.logitDiff(1, 50)));
-            assertTrue(e.getMessage().contains("wrong token 50 is out of range"), e.getMessage());
+            assertTrue(e.getMessage().contains("token 50, which is out of range"), e.getMessage());
             e = assertThrows(LoupeException.class, () -> new PatchCell(HookPoint.RESID_PRE, 0, 1, 0, PatchCell.ALL));
             assertTrue(e.getMessage().contains("no head axis"), e.getMessage());
             e = assertThrows(LoupeException.class, () -> Metrics.normalized(ld, 1f, 1f));
