@@ -304,15 +304,18 @@ public final class Heatmap {
         b.append(text(L.gridX() + L.gridW() / 2, labelTop + colLabelH + PAD + FONT, colAxis, "middle", ""));
         int ax = PAD + FONT, ay = L.gridY() + L.gridH() / 2;
         b.append(text(ax, ay, rowAxis, "middle", "transform=\"rotate(-90 " + ax + " " + ay + ")\""));
-        // Legend: a vertical gradient from hi (top) to lo (bottom).
-        b.append("<defs><linearGradient id=\"scale\" x1=\"0\" y1=\"0\" x2=\"0\" y2=\"1\">\n");
+        // Legend: a vertical gradient from hi (top) to lo (bottom). SVGs inlined in one HTML page share
+        // one id namespace: the id is named after the stops, so only identical gradients share it.
+        StringBuilder stops = new StringBuilder();
         for (int i = 0; i <= 20; i++) {
             float v = hi - (hi - lo) * i / 20f;
-            b.append("<stop offset=\"").append(String.format(Locale.ROOT, "%.2f", i / 20.0)).append("\" stop-color=\"").append(rgb(color(v))).append("\"/>\n");
+            stops.append("<stop offset=\"").append(String.format(Locale.ROOT, "%.2f", i / 20.0)).append("\" stop-color=\"").append(rgb(color(v))).append("\"/>\n");
         }
-        b.append("</linearGradient></defs>\n");
+        String id = "scale-" + Integer.toHexString(stops.toString().hashCode());
+        b.append("<defs><linearGradient id=\"").append(id).append("\" x1=\"0\" y1=\"0\" x2=\"0\" y2=\"1\">\n");
+        b.append(stops).append("</linearGradient></defs>\n");
         b.append("<rect x=\"").append(L.legendX()).append("\" y=\"").append(L.legendY()).append("\" width=\"16\" height=\"")
-                .append(L.legendH()).append("\" fill=\"url(#scale)\" stroke=\"gray\"/>\n");
+                .append(L.legendH()).append("\" fill=\"url(#").append(id).append(")\" stroke=\"gray\"/>\n");
         for (int tick = 0; tick < 3; tick++) {
             int y = legendTickY(L, tick);
             b.append("<line x1=\"").append(L.legendX() + 16).append("\" y1=\"").append(y).append("\" x2=\"").append(L.legendX() + 20)

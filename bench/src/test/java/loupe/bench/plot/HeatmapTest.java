@@ -50,6 +50,19 @@ class HeatmapTest {
         assertTrue(img.getWidth() > 100 && img.getHeight() > 50);
     }
 
+    /** Inlined in one report, each heatmap's legend must use its own gradient (ids share one namespace). */
+    @Test
+    void legendsOfDifferentScalesUseDifferentGradientIds() {
+        String a = sample().toSvg();
+        String b = new Heatmap("t", "r", List.of("0"), "c", List.of("a", "b"), new float[][]{{0f, 5f}}).toSvg();
+        java.util.regex.Pattern id = java.util.regex.Pattern.compile("linearGradient id=\"([^\"]+)\"");
+        java.util.regex.Matcher ma = id.matcher(a), mb = id.matcher(b);
+        assertTrue(ma.find() && mb.find());
+        assertTrue(!ma.group(1).equals(mb.group(1)), "two scales, two ids");
+        assertTrue(a.contains("url(#" + ma.group(1) + ")") && b.contains("url(#" + mb.group(1) + ")"));
+        assertEquals(a, sample().toSvg(), "the same heatmap gives the same SVG");
+    }
+
     @Test
     void badInputIsALoupeException(@TempDir Path dir) {
         assertThrows(LoupeException.class, () -> sample().write(dir.resolve("h.jpg")));
