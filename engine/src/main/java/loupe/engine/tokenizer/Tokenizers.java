@@ -85,19 +85,26 @@ public final class Tokenizers {
                 + " no Metaspace); " + HfTokenizerJson.SUPPORTED);
     }
 
+    private static final int GPT2_VOCAB = 50257;
+
     /**
      * The tokenizer for a model, looked for in {@code weightsFileOrDir} (a directory) or beside it
      * (a weights file), as {@link #load} does for a directory. When none is there, a GPT-2 model
      * ({@code isGpt2}) falls back to {@link #gpt2()}; any other model is an error telling the user to
-     * pass {@code --tokenizer PATH}.
+     * pass {@code --tokenizer PATH}. The fallback needs a vocabulary of at least GPT-2's 50257 ids
+     * ({@code vocabSizeHint}): a small GPT-2-shaped model (a test fixture) gets the error too.
      */
     public static Tokenizer forModel(Path weightsFileOrDir, boolean isGpt2, OptionalInt vocabSizeHint) {
         Path dir = Files.isDirectory(weightsFileOrDir) ? weightsFileOrDir : weightsFileOrDir.toAbsolutePath().getParent();
         Optional<Tokenizer> t = dir == null ? Optional.empty() : find(dir, vocabSizeHint);
         if (t.isPresent()) return t.get();
-        if (isGpt2) return gpt2();
+        // The standard GPT-2 encoding only fits a model with its 50257 ids (or more: llm.c pads the vocabulary).
+        boolean fits = vocabSizeHint.isEmpty() || vocabSizeHint.getAsInt() >= GPT2_VOCAB;
+        if (isGpt2 && fits) return gpt2();
         throw new LoupeException(weightsFileOrDir + ": no tokenizer found " + (Files.isDirectory(weightsFileOrDir) ? "in" : "beside")
-                + " the model (looked for " + LOOKED_FOR + " in " + dir + "); pass --tokenizer PATH");
+                + " the model (looked for " + LOOKED_FOR + " in " + dir + ")"
+                + (isGpt2 ? "; the standard GPT-2 encoding has " + GPT2_VOCAB + " ids and this model " + vocabSizeHint.getAsInt() : "")
+                + "; pass --tokenizer PATH (or token ids)");
     }
 
     /** {@link #forModel(Path, boolean, OptionalInt)} without a vocabulary size hint. */

@@ -11,6 +11,7 @@ import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.OptionalInt;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -75,6 +76,10 @@ class TokenizerErrorsTest {
         Path weights = Files.writeString(tmp.resolve("model.safetensors"), "");
         assertMentions(assertThrows(LoupeException.class, () -> Tokenizers.forModel(weights, false)),
                 weights.toString(), "tokenizer.json", "--tokenizer PATH");
+        // A GPT-2 model whose vocabulary is not GPT-2's: the standard encoding would give ids it does not have.
+        assertMentions(assertThrows(LoupeException.class, () -> Tokenizers.forModel(weights, true, java.util.OptionalInt.of(101))),
+                weights.toString(), "50257", "101", "--tokenizer PATH");
+        assertEquals(Tokenizers.gpt2(), Tokenizers.forModel(weights, true, java.util.OptionalInt.of(50304)));
         assertMentions(assertThrows(LoupeException.class, () -> Tokenizers.load(tmp.resolve("missing.json"))),
                 "missing.json", "not found");
         Path odd = Files.writeString(tmp.resolve("vocab.txt"), "a\n");
