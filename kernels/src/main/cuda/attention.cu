@@ -8,10 +8,11 @@
 
 #define ROWS_PER_BLOCK (LOUPE_BLOCK / 32)
 
-// In place on scores [batch, heads, tq, tk]: masked entries (key j > qStart + i, or keyValid[b, j]
-// == 0) become -inf; pattern = softmax over keys, exactly 0 where masked; all-masked rows give zeros.
+// In place on scores [batch, heads, tq, tk]: masked entries (key j > qStart + i, j <= qStart + i - window
+// when window > 0, or keyValid[b, j] == 0) become -inf; pattern = softmax over keys, exactly 0 where
+// masked; all-masked rows give zeros.
 LOUPE_KERNEL attention_softmax(dptr<float> scores, dptr<float> pattern, dptr<const int> keyValid,
-                               int batch, int heads, int tq, int tk, int qStart) {
+                               int batch, int heads, int tq, int tk, int qStart, int window) {
     const long long rows = (long long)batch * heads * tq;
     const long long row = (long long)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
     if (row >= rows) return;  // whole warps leave together
@@ -20,10 +21,11 @@ LOUPE_KERNEL attention_softmax(dptr<float> scores, dptr<float> pattern, dptr<con
     const int b = (int)(row / ((long long)heads * tq));
     const long long base = row * tk;
     const int limit = qStart + i;
+    const int oldest = window > 0 ? limit - window + 1 : 0;  // the sliding window's first slot
 
     float mx = -INFINITY;
     for (int j = lane; j < tk; j += 32) {
-        const bool masked = j > limit || (keyValid && keyValid[(long long)b * tk + j] == 0);
+        const bool masked = j > limit || j < oldest || (keyValid && keyValid[(long long)b * tk + j] == 0);
         if (masked) scores[base + j] = -INFINITY;
         else mx = fmaxf(mx, scores[base + j]);
     }

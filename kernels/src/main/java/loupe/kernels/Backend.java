@@ -235,12 +235,13 @@ public interface Backend extends AutoCloseable {
     /**
      * Masks and normalizes attention scores, in place on {@code scores [batch, heads, tq, tk]}
      * (already scaled). Query {@code i} sits at key slot {@code qStart + i}; key {@code j} is masked when
-     * {@code j > qStart + i}, or when {@code keyValid} (i32 {@code [batch, tk]}, nullable) is 0 there.
-     * Masked scores become {@code -inf}; {@code pattern} gets the softmax over keys, exactly 0 at masked
-     * entries; a row with every key masked gets all zeros.
+     * {@code j > qStart + i}, when {@code window > 0} and {@code j <= qStart + i - window} (sliding-window
+     * attention: the query sees its last {@code window} slots, itself included), or when {@code keyValid}
+     * (i32 {@code [batch, tk]}, nullable) is 0 there. Masked scores become {@code -inf}; {@code pattern}
+     * gets the softmax over keys, exactly 0 at masked entries; a row with every key masked gets all zeros.
      */
     void attentionSoftmax(Buffer scores, long scoresOff, Buffer pattern, long patternOff,
-                          Buffer keyValid, long keyValidOff, int batch, int heads, int tq, int tk, int qStart);
+                          Buffer keyValid, long keyValidOff, int batch, int heads, int tq, int tk, int qStart, int window);
 
     /**
      * Softmax backward over rows of {@code n}: {@code dScores += P * (dP - Σ_j dP*P)}.

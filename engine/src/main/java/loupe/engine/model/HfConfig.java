@@ -81,7 +81,21 @@ public final class HfConfig {
                 Json.getInt(c, "max_position_embeddings", what), ModelConfig.Norm.RMS_NORM,
                 (float) Json.getDouble(c, "rms_norm_eps", 1e-6), ModelConfig.Positions.ROTARY, rotary,
                 Json.getDouble(c, "rope_theta", 10000), interleaved, ropeScaling(c, what), a, true,
-                qkvBias, outBias, mlpBias, tied, false);
+                qkvBias, outBias, mlpBias, tied, false, slidingWindow(c, type, what));
+    }
+
+    /**
+     * Mistral's {@code sliding_window} (null: none). Qwen2 has one too, used only with
+     * {@code use_sliding_window} and then only from layer {@code max_window_layers} on: not supported.
+     */
+    private static int slidingWindow(Map<String, Object> c, String type, String what) {
+        if (!(c.get("sliding_window") instanceof Number n)) return 0;
+        if (c.containsKey("use_sliding_window")) {
+            if (!Boolean.TRUE.equals(c.get("use_sliding_window"))) return 0;
+            throw new LoupeException(what + ": use_sliding_window (a window on some layers only) is not supported");
+        }
+        if (n.intValue() <= 0) throw new LoupeException(what + ": sliding_window " + n + " must be positive");
+        return n.intValue();
     }
 
     @SuppressWarnings("unchecked")

@@ -58,6 +58,11 @@ public final class HfExport {
             c.put("tie_word_embeddings", cfg.tiedEmbeddings());
             c.put("attention_bias", cfg.qkvBias());
             c.put("mlp_bias", cfg.mlpBias());
+            if (cfg.slidingWindow() > 0) {
+                c.put("architectures", java.util.List.of("MistralForCausalLM"));
+                c.put("model_type", "mistral");
+                c.put("sliding_window", cfg.slidingWindow());
+            }
         }
         c.put("torch_dtype", "float32");
         return c;

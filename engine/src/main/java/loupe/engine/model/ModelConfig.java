@@ -30,12 +30,23 @@ import loupe.LoupeException;
  * @param mlpBias      the MLP projections have biases
  * @param tiedEmbeddings the unembedding is the token embedding (transposed)
  * @param unembedBias  the unembedding has a bias
+ * @param slidingWindow 0, or how many key slots (itself included) each query sees (Mistral's sliding window)
  */
 public record ModelConfig(String family, int dModel, int nLayers, int nHeads, int nKvHeads, int dHead, int dMlp,
                           int vocab, int nCtx, Norm norm, float normEps, Positions positions, int rotaryDim,
                           double ropeTheta, boolean ropeInterleaved, RopeScaling ropeScaling, Activation act,
                           boolean gatedMlp, boolean qkvBias, boolean outBias, boolean mlpBias,
-                          boolean tiedEmbeddings, boolean unembedBias) {
+                          boolean tiedEmbeddings, boolean unembedBias, int slidingWindow) {
+
+    /** Without a sliding window (every earlier position is attended to). */
+    public ModelConfig(String family, int dModel, int nLayers, int nHeads, int nKvHeads, int dHead, int dMlp,
+                       int vocab, int nCtx, Norm norm, float normEps, Positions positions, int rotaryDim,
+                       double ropeTheta, boolean ropeInterleaved, RopeScaling ropeScaling, Activation act,
+                       boolean gatedMlp, boolean qkvBias, boolean outBias, boolean mlpBias,
+                       boolean tiedEmbeddings, boolean unembedBias) {
+        this(family, dModel, nLayers, nHeads, nKvHeads, dHead, dMlp, vocab, nCtx, norm, normEps, positions, rotaryDim,
+                ropeTheta, ropeInterleaved, ropeScaling, act, gatedMlp, qkvBias, outBias, mlpBias, tiedEmbeddings, unembedBias, 0);
+    }
 
     /** LayerNorm, RMSNorm, or no normalization at all (toy models: the norm is the identity and has no hooks). */
     public enum Norm { LAYER_NORM, RMS_NORM, NONE }
@@ -56,6 +67,8 @@ public record ModelConfig(String family, int dModel, int nLayers, int nHeads, in
             throw new LoupeException("model config: n_heads " + nHeads + " is not divisible by n_kv_heads " + nKvHeads);
         if (positions == Positions.ROTARY && (rotaryDim <= 0 || rotaryDim > dHead || rotaryDim % 2 != 0))
             throw new LoupeException("model config: rotary dimension " + rotaryDim + " must be even and in (0, d_head=" + dHead + "]");
+        if (slidingWindow < 0)
+            throw new LoupeException("model config: sliding window " + slidingWindow + " is negative (0 means none)");
     }
 
     /** A GPT-2 config (LayerNorm, learned positions, tanh GELU, biases everywhere, tied unembedding). */
@@ -97,7 +110,17 @@ public record ModelConfig(String family, int dModel, int nLayers, int nHeads, in
     public ModelConfig withRopeInterleaved(boolean interleaved) {
         return new ModelConfig(family, dModel, nLayers, nHeads, nKvHeads, dHead, dMlp, vocab, nCtx, norm, normEps,
                 positions, rotaryDim, ropeTheta, interleaved, ropeScaling, act, gatedMlp, qkvBias, outBias, mlpBias,
-                tiedEmbeddings, unembedBias);
+                tiedEmbeddings, unembedBias, slidingWindow);
+    }
+
+    /**
+     * A copy whose attention sees only the last {@code window} key slots of each query, itself included
+     * (Mistral's {@code sliding_window}); 0: no window.
+     */
+    public ModelConfig withSlidingWindow(int window) {
+        return new ModelConfig(family, dModel, nLayers, nHeads, nKvHeads, dHead, dMlp, vocab, nCtx, norm, normEps,
+                positions, rotaryDim, ropeTheta, ropeInterleaved, ropeScaling, act, gatedMlp, qkvBias, outBias, mlpBias,
+                tiedEmbeddings, unembedBias, window);
     }
 
     /**

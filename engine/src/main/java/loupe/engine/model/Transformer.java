@@ -636,12 +636,12 @@ public final class Transformer {
             }
         }
         be.attentionSoftmax(a.scores.buffer(), a.scores.offset(), a.pattern.buffer(), a.pattern.offset(), keyValid, keyValidOff,
-                B, H, T, tk, past);
+                B, H, T, tk, past, cfg.slidingWindow());
         int ss = slot(HookPoint.ATTN_SCORES, l);
         if (hk.active(ss) && hk.fire(ss, a.scores, HookPoint.ATTN_SCORES, l, scope, past)) {
             // The hook may have changed the scores: mask and normalize again.
             be.attentionSoftmax(a.scores.buffer(), a.scores.offset(), a.pattern.buffer(), a.pattern.offset(), keyValid, keyValidOff,
-                    B, H, T, tk, past);
+                    B, H, T, tk, past, cfg.slidingWindow());
         }
         fire(hk, HookPoint.PATTERN, l, a.pattern, scope, past);
         for (int b = 0; b < B; b++) {

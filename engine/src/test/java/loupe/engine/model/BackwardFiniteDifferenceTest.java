@@ -55,9 +55,10 @@ class BackwardFiniteDifferenceTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = {"gpt2", "llama-halves", "llama-interleaved", "attn-only"})
+    @ValueSource(strings = {"gpt2", "llama-halves", "llama-interleaved", "attn-only", "llama-window"})
     void gradientsMatchFiniteDifferences(String family) {
         ModelConfig cfg = family.equals("gpt2") ? RandomModels.gpt2(2) : family.equals("attn-only") ? RandomModels.attnOnly()
+                : family.equals("llama-window") ? RandomModels.llama(false).withSlidingWindow(3)
                 : RandomModels.llama(family.endsWith("interleaved"));
         try (Model m = Model.of(RandomModels.build(cfg, cpu, 7)); Scope s = new Scope(cpu)) {
             Transformer t = m.transformer();

@@ -902,7 +902,8 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void attentionSoftmax(Buffer scores, long scoresOff, Buffer pattern, long patternOff,
-                                 Buffer keyValid, long keyValidOff, int batch, int heads, int tq, int tk, int qStart) {
+                                 Buffer keyValid, long keyValidOff, int batch, int heads, int tq, int tk, int qStart, int window) {
+        if (window < 0) throw new LoupeException("attentionSoftmax: window " + window + " is negative (0 means no window)");
         MemorySegment ss = seg(scores), sp = seg(pattern), sv = keyValid == null ? null : seg(keyValid);
         int rows = batch * heads * tq;
         parallel(rows, tk, (r0, r1) -> {
@@ -910,19 +911,22 @@ public final class CpuBackend implements Backend {
                 int b = r / (heads * tq), q = r % tq;
                 long base = (long) r * tk;
                 int last = Math.min(tk - 1, qStart + q);
+                // The first live key: 0, or the oldest slot of the sliding window.
+                int first = window > 0 ? Math.max(0, qStart + q - window + 1) : 0;
                 if (sv == null) {
-                    // Causal mask only: keys [0, last] are live, the rest -inf.
-                    for (int j = last + 1; j < tk; j++) {
+                    // Causal (and window) mask only: keys [first, last] are live, the rest -inf.
+                    for (int j = 0; j < tk; j++) {
+                        if (j >= first && j <= last) continue;
                         set(ss, scoresOff + base + j, NEG_INF);
                         set(sp, patternOff + base + j, 0f);
                     }
-                    if (last < 0) continue;
-                    softmaxRow(ss, scoresOff + base, sp, patternOff + base, last + 1);
+                    if (last < first) continue;
+                    softmaxRow(ss, scoresOff + base + first, sp, patternOff + base + first, last - first + 1);
                     continue;
                 }
                 float max = NEG_INF;
                 for (int j = 0; j < tk; j++) {
-                    boolean masked = j > last || sv.getAtIndex(JAVA_INT, keyValidOff + (long) b * tk + j) == 0;
+                    boolean masked = j > last || j < first || sv.getAtIndex(JAVA_INT, keyValidOff + (long) b * tk + j) == 0;
                     if (masked) set(ss, scoresOff + base + j, NEG_INF);
                     else max = Math.max(max, get(ss, scoresOff + base + j));
                 }

@@ -509,8 +509,9 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void attentionSoftmax(Buffer scores, long scoresOff, Buffer pattern, long patternOff,
-                                 Buffer keyValid, long keyValidOff, int batch, int heads, int tq, int tk, int qStart) {
+                                 Buffer keyValid, long keyValidOff, int batch, int heads, int tq, int tk, int qStart, int window) {
         String op = "attentionSoftmax";
+        if (window < 0) throw new LoupeException(op + ": window " + window + " is negative (0 means no window)");
         positive(op, "batch", batch);
         positive(op, "heads", heads);
         positive(op, "tq", tq);
@@ -520,7 +521,7 @@ public final class CudaBackend implements Backend {
         launch(op, "attention_softmax", Dim3.of(Math.toIntExact((rows + WARP_ROWS - 1) / WARP_ROWS)), Dim3.of(BLOCK), new KernelArgs()
                 .ptr("scores", view(op, "scores", scores, scoresOff, n)).ptr("pattern", view(op, "pattern", pattern, patternOff, n))
                 .ptr("keyValid", viewOrNull(op, "keyValid", keyValid, keyValidOff, (long) batch * tk))
-                .i32(batch).i32(heads).i32(tq).i32(tk).i32(qStart));
+                .i32(batch).i32(heads).i32(tq).i32(tk).i32(qStart).i32(window));
     }
 
     @Override

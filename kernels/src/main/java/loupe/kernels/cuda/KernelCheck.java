@@ -332,14 +332,15 @@ public final class KernelCheck {
             c.both((be, t) -> be.rope(t.a(x), 0, t.a(x), 0, t.a(pos), 0, t.a(freq), 0, tokens, heads, hd, rd, !inter, !inv)); // in place
             return Math.max(c.err(o), c.err(x));
         }));
-        // batch, heads, tq, tk, qStart, with keyValid
-        l.add(new Case("attention_softmax", TOL, new int[][]{{1, 1, 1, 1, 0, 0}, {2, 3, 5, 7, 2, 0}, {2, 2, 9, 40, 31, 1},
-                {1, 2, 3, 70, 0, 1}, {3, 1, 11, 11, 0, 0}, {1, 1, 2, 5, 9, 0}}, (c, s) -> {
-            int b = s[0], h = s[1], tq = s[2], tk = s[3], q0 = s[4];
+        // batch, heads, tq, tk, qStart, with keyValid, sliding window (0: none)
+        l.add(new Case("attention_softmax", TOL, new int[][]{{1, 1, 1, 1, 0, 0, 0}, {2, 3, 5, 7, 2, 0, 0}, {2, 2, 9, 40, 31, 1, 0},
+                {1, 2, 3, 70, 0, 1, 0}, {3, 1, 11, 11, 0, 0, 0}, {1, 1, 2, 5, 9, 0, 0}, {2, 3, 13, 13, 0, 0, 4},
+                {2, 2, 9, 40, 31, 1, 7}, {1, 1, 6, 6, 0, 0, 1}}, (c, s) -> {
+            int b = s[0], h = s[1], tq = s[2], tk = s[3], q0 = s[4], win = s[6];
             long n = (long) b * h * tq * tk;
             Twin scores = c.rand(n, -6, 6), pattern = c.out(n);
             Twin valid = s[5] == 1 ? c.keyValid(b, tk) : null;
-            c.both((be, t) -> be.attentionSoftmax(t.a(scores), 0, t.a(pattern), 0, t.a(valid), 0, b, h, tq, tk, q0));
+            c.both((be, t) -> be.attentionSoftmax(t.a(scores), 0, t.a(pattern), 0, t.a(valid), 0, b, h, tq, tk, q0, win));
             return Math.max(c.err(scores), c.err(pattern));
         }));
         l.add(new Case("softmax_backward", TOL, new int[][]{{1, 1}, {7, 9}, {40, 33}, {3, 300}}, (c, s) -> {
