@@ -176,9 +176,19 @@ public final class Hooks {
          * x's shape and is copied into x. Returns false when every callback only reads (x is unchanged).
          */
         public boolean fire(int index, Tensor x, HookPoint point, int layer, Scope scope, int positionOffset) {
+            return fire(index, x, point, layer, scope, positionOffset, -1);
+        }
+
+        /**
+         * {@link #fire(int, Tensor, HookPoint, int, Scope, int)} for an activation that is fired again at
+         * point {@code alsoAt} (-1: none; e.g. a block's resid_post is the next block's resid_pre): it is
+         * kept only if no callback there may edit it either.
+         */
+        public boolean fire(int index, Tensor x, HookPoint point, int layer, Scope scope, int positionOffset, int alsoAt) {
             HookFn[] f = fns[index];
             if (f == null) return false;
-            HookContext ctx = new HookContext(names[index], point, layer, scope, positionOffset, keepsActivations && !mayEdit(index));
+            boolean kept = keepsActivations && !mayEdit(index) && (alsoAt < 0 || !mayEdit(alsoAt));
+            HookContext ctx = new HookContext(names[index], point, layer, scope, positionOffset, kept);
             boolean mayEdit = false;
             for (HookFn fn : f) {
                 mayEdit |= !fn.readsOnly();

@@ -308,7 +308,10 @@ public final class Transformer {
                 fire(hk, HookPoint.RESID_MID, l, a.residMid, scope, past);
                 mlp(a, lw, B, T, M, hk, l, scope, past, fuse);
             }
-            fire(hk, HookPoint.RESID_POST, l, a.residPost, scope, past);
+            // resid_post is the next block's resid_pre: an edit there must not reach a kept resid_post.
+            int post = slot(HookPoint.RESID_POST, l);
+            if (hk.active(post))
+                hk.fire(post, a.residPost, HookPoint.RESID_POST, l, scope, past, l + 1 < stopLayer ? slot(HookPoint.RESID_PRE, l + 1) : -1);
             resid = a.residPost;
             if (!opts.keepActivations()) {
                 // The next block reuses these buffers, except those a hook saw (a reader may keep them).

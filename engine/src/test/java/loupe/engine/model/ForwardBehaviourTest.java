@@ -99,6 +99,12 @@ class ForwardBehaviourTest {
                                 x.fill(0.25f);
                                 return null;
                             })
+                            // blocks.1.hook_resid_pre is blocks.0.hook_resid_post's tensor: editing it must not
+                            // change what the caches hold for the latter (they ran before the edit).
+                            .add("blocks.1.hook_resid_pre", (x, ctx) -> {
+                                x.fill(-0.5f);
+                                return null;
+                            })
                             .add(which, loupe.engine.hooks.HookFn.reader((x, ctx) -> {
                                 if (ctx.kept()) keptNames.add(ctx.name());
                             }))
@@ -108,7 +114,8 @@ class ForwardBehaviourTest {
                     assertEquals(copied.keySet(), kept.keySet());
                     for (String n : copied.keySet())
                         org.junit.jupiter.api.Assertions.assertArrayEquals(copied.get(n).toFloatArray(), kept.get(n).toFloatArray(), n);
-                    assertTrue(keptNames.contains("blocks.0.hook_resid_post"));
+                    if (which.test("blocks.0.hook_resid_mid")) assertTrue(keptNames.contains("blocks.0.hook_resid_mid"));
+                    assertTrue(!keptNames.contains("blocks.0.hook_resid_post"), "edited again as blocks.1.hook_resid_pre");
                     assertTrue(!keptNames.contains("blocks.1.hook_mlp_out"));
                 }
             }
