@@ -20,23 +20,39 @@ final class Native {
 
     private Native() {}
 
-    /** {@code bytes} bytes aligned to 64, content undefined. */
+    /** Large blocks start at staggered offsets within a page; their malloc'd base, by start address. */
+    private static final java.util.concurrent.ConcurrentHashMap<Long, MemorySegment> BASES = new java.util.concurrent.ConcurrentHashMap<>();
+    private static final java.util.concurrent.atomic.AtomicInteger NEXT = new java.util.concurrent.atomic.AtomicInteger();
+    private static final long STAGGER_MIN = 64 << 10;
+
+    /**
+     * {@code bytes} bytes aligned to 64, content undefined. Blocks of 64 KB and more start at one of 64
+     * offsets (multiples of 64 bytes) within a 4 KB page: page-aligned buffers all share their low 12
+     * address bits, and a kernel streaming through several of them at once then stalls on 4K aliasing.
+     */
     static MemorySegment allocateUninitialized(long bytes) {
-        long rounded = Math.max(64, (bytes + 63) & ~63L);
+        boolean stagger = bytes >= STAGGER_MIN;
+        long rounded = Math.max(64, (bytes + 63) & ~63L) + (stagger ? 4096 : 0);
         MemorySegment p;
         try {
-            p = (MemorySegment) ALIGNED_ALLOC.invokeExact(64L, rounded);
+            p = (MemorySegment) ALIGNED_ALLOC.invokeExact(stagger ? 4096L : 64L, rounded);
         } catch (Throwable t) {
             throw new LoupeException("aligned_alloc failed", t);
         }
         if (p.equals(MemorySegment.NULL))
             throw new LoupeException("out of host memory: could not allocate " + bytes + " bytes");
-        return p.reinterpret(bytes);
+        if (!stagger) return p.reinterpret(bytes);
+        long offset = (long) ((NEXT.getAndIncrement() * 37) & 63) * 64;   // 37 is odd: the 64 offsets in turn
+        MemorySegment start = MemorySegment.ofAddress(p.address() + offset).reinterpret(bytes);
+        BASES.put(start.address(), p);
+        return start;
     }
 
     static void free(MemorySegment s) {
+        MemorySegment base = BASES.remove(s.address());
+        MemorySegment block = base != null ? base : s;
         try {
-            FREE.invokeExact(s);
+            FREE.invokeExact(block);
         } catch (Throwable t) {
             throw new LoupeException("free failed", t);
         }
