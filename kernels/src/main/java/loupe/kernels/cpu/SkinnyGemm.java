@@ -25,7 +25,6 @@ final class SkinnyGemm {
     private static final ByteOrder LE = ByteOrder.nativeOrder();
     /** Rows sharing one pass over W: their A rows stay in L1 while W streams by. */
     private static final int GROUP = 8;
-    private static final ThreadLocal<float[]> LANES = ThreadLocal.withInitial(() -> new float[S.length()]);
 
     private SkinnyGemm() {}
 
@@ -35,20 +34,19 @@ final class SkinnyGemm {
      */
     static void columns(MemorySegment a, long strideA, int rows, MemorySegment w, int ldw, int k,
                         float alpha, float beta, MemorySegment c, long strideC, int j0, int j1) {
-        float[] lanes = LANES.get();
         // W in blocks of about 256 KB (L2): every group of rows re-reads the block from cache, not memory.
         int block = Math.max(1, (256 << 10) / (4 * Math.max(k, 1)));
         for (int jb = j0; jb < j1; jb += block) {
             int je = Math.min(j1, jb + block);
             int r = 0;
-            for (; r + GROUP <= rows; r += GROUP) group8(a, strideA, r, w, ldw, k, alpha, beta, c, strideC, jb, je, lanes);
-            for (; r < rows; r++) single(a, r * strideA, w, ldw, k, alpha, beta, c, r * strideC, jb, je, lanes);
+            for (; r + GROUP <= rows; r += GROUP) group8(a, strideA, r, w, ldw, k, alpha, beta, c, strideC, jb, je);
+            for (; r < rows; r++) single(a, r * strideA, w, ldw, k, alpha, beta, c, r * strideC, jb, je);
         }
     }
 
     /** One row: eight W rows at a time, so that eight independent FMA chains keep both FMA units busy. */
     private static void single(MemorySegment a, long aRow, MemorySegment w, int ldw, int k, float alpha, float beta,
-                               MemorySegment c, long cRow, int j0, int j1, float[] lanes) {
+                               MemorySegment c, long cRow, int j0, int j1) {
         int vk = S.loopBound(k), L = S.length();
         int j = j0;
         for (; j + 8 <= j1; j += 8) {
@@ -66,21 +64,21 @@ final class SkinnyGemm {
                 s6 = av.fma(FloatVector.fromMemorySegment(S, w, o + 6 * d, LE), s6);
                 s7 = av.fma(FloatVector.fromMemorySegment(S, w, o + 7 * d, LE), s7);
             }
-            store(c, cRow + j, finish(s0, a, aRow, w, w0, vk, k, lanes), alpha, beta);
-            store(c, cRow + j + 1, finish(s1, a, aRow, w, w0 + ldw, vk, k, lanes), alpha, beta);
-            store(c, cRow + j + 2, finish(s2, a, aRow, w, w0 + 2L * ldw, vk, k, lanes), alpha, beta);
-            store(c, cRow + j + 3, finish(s3, a, aRow, w, w0 + 3L * ldw, vk, k, lanes), alpha, beta);
-            store(c, cRow + j + 4, finish(s4, a, aRow, w, w0 + 4L * ldw, vk, k, lanes), alpha, beta);
-            store(c, cRow + j + 5, finish(s5, a, aRow, w, w0 + 5L * ldw, vk, k, lanes), alpha, beta);
-            store(c, cRow + j + 6, finish(s6, a, aRow, w, w0 + 6L * ldw, vk, k, lanes), alpha, beta);
-            store(c, cRow + j + 7, finish(s7, a, aRow, w, w0 + 7L * ldw, vk, k, lanes), alpha, beta);
+            store(c, cRow + j, finish(s0, a, aRow, w, w0, vk, k), alpha, beta);
+            store(c, cRow + j + 1, finish(s1, a, aRow, w, w0 + ldw, vk, k), alpha, beta);
+            store(c, cRow + j + 2, finish(s2, a, aRow, w, w0 + 2L * ldw, vk, k), alpha, beta);
+            store(c, cRow + j + 3, finish(s3, a, aRow, w, w0 + 3L * ldw, vk, k), alpha, beta);
+            store(c, cRow + j + 4, finish(s4, a, aRow, w, w0 + 4L * ldw, vk, k), alpha, beta);
+            store(c, cRow + j + 5, finish(s5, a, aRow, w, w0 + 5L * ldw, vk, k), alpha, beta);
+            store(c, cRow + j + 6, finish(s6, a, aRow, w, w0 + 6L * ldw, vk, k), alpha, beta);
+            store(c, cRow + j + 7, finish(s7, a, aRow, w, w0 + 7L * ldw, vk, k), alpha, beta);
         }
         for (; j < j1; j++) {
             long wRow = (long) j * ldw;
             FloatVector acc = FloatVector.zero(S);
             for (int p = 0; p < vk; p += L)
                 acc = FloatVector.fromMemorySegment(S, a, (aRow + p) * 4, LE).fma(FloatVector.fromMemorySegment(S, w, (wRow + p) * 4, LE), acc);
-            store(c, cRow + j, finish(acc, a, aRow, w, wRow, vk, k, lanes), alpha, beta);
+            store(c, cRow + j, finish(acc, a, aRow, w, wRow, vk, k), alpha, beta);
         }
     }
 
@@ -89,7 +87,7 @@ final class SkinnyGemm {
      * independent FMA chains (enough to hide the FMA latency).
      */
     private static void group8(MemorySegment a, long strideA, int r, MemorySegment w, int ldw, int k, float alpha, float beta,
-                               MemorySegment c, long strideC, int j0, int j1, float[] lanes) {
+                               MemorySegment c, long strideC, int j0, int j1) {
         int vk = S.loopBound(k), L = S.length();
         long a0 = r * strideA, a1 = a0 + strideA, a2 = a1 + strideA, a3 = a2 + strideA,
                 a4 = a3 + strideA, a5 = a4 + strideA, a6 = a5 + strideA, a7 = a6 + strideA;
@@ -108,19 +106,19 @@ final class SkinnyGemm {
                 s7 = FloatVector.fromMemorySegment(S, a, (a7 + p) * 4, LE).fma(wv, s7);
             }
             long c0 = r * strideC + j;
-            store(c, c0, finish(s0, a, a0, w, wRow, vk, k, lanes), alpha, beta);
-            store(c, c0 + strideC, finish(s1, a, a1, w, wRow, vk, k, lanes), alpha, beta);
-            store(c, c0 + 2 * strideC, finish(s2, a, a2, w, wRow, vk, k, lanes), alpha, beta);
-            store(c, c0 + 3 * strideC, finish(s3, a, a3, w, wRow, vk, k, lanes), alpha, beta);
-            store(c, c0 + 4 * strideC, finish(s4, a, a4, w, wRow, vk, k, lanes), alpha, beta);
-            store(c, c0 + 5 * strideC, finish(s5, a, a5, w, wRow, vk, k, lanes), alpha, beta);
-            store(c, c0 + 6 * strideC, finish(s6, a, a6, w, wRow, vk, k, lanes), alpha, beta);
-            store(c, c0 + 7 * strideC, finish(s7, a, a7, w, wRow, vk, k, lanes), alpha, beta);
+            store(c, c0, finish(s0, a, a0, w, wRow, vk, k), alpha, beta);
+            store(c, c0 + strideC, finish(s1, a, a1, w, wRow, vk, k), alpha, beta);
+            store(c, c0 + 2 * strideC, finish(s2, a, a2, w, wRow, vk, k), alpha, beta);
+            store(c, c0 + 3 * strideC, finish(s3, a, a3, w, wRow, vk, k), alpha, beta);
+            store(c, c0 + 4 * strideC, finish(s4, a, a4, w, wRow, vk, k), alpha, beta);
+            store(c, c0 + 5 * strideC, finish(s5, a, a5, w, wRow, vk, k), alpha, beta);
+            store(c, c0 + 6 * strideC, finish(s6, a, a6, w, wRow, vk, k), alpha, beta);
+            store(c, c0 + 7 * strideC, finish(s7, a, a7, w, wRow, vk, k), alpha, beta);
         }
     }
 
     /** The lanes summed by a fixed pairwise tree (lane i with lane i ^ d, d = L/2 ... 1), then the tail {@code [vk, k)}. */
-    private static float finish(FloatVector acc, MemorySegment a, long aRow, MemorySegment w, long wRow, int vk, int k, float[] lanes) {
+    private static float finish(FloatVector acc, MemorySegment a, long aRow, MemorySegment w, long wRow, int vk, int k) {
         for (VectorShuffle<Float> sh : TREE) acc = acc.add(acc.rearrange(sh));
         float s = acc.lane(0);
         for (int p = vk; p < k; p++)
