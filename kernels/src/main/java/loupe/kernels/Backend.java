@@ -71,6 +71,17 @@ public interface Backend extends AutoCloseable {
               Buffer b, long bOff, int ldb, long strideB,
               float beta, Buffer c, long cOff, int ldc, long strideC, int batch);
 
+    /**
+     * Whether a dense row-major GEMM {@code C[m, n] = A[m, k] · op(B)} (alpha 1, beta 0) gives every row of
+     * C the bits that GEMMs of {@code refM} rows give it, for this B ({@code [n, k]} when {@code transB},
+     * else {@code [k, n]}; {@code ldb} its row stride). A BLAS may pick another kernel for another matrix
+     * height and round differently; callers that recompute only some rows of a sequence (and must match a
+     * whole-sequence run bit for bit) ask first. A backend that cannot promise it answers false.
+     */
+    default boolean sameRowBits(boolean transB, int m, int refM, int n, int k, Buffer b, long bOff, int ldb) {
+        return false;
+    }
+
     // ------------------------------------------------------------------ elementwise
 
     /** {@code x[0..n) = value}. */

@@ -142,32 +142,95 @@ public final class Transformer {
      *                        {@code [batch, pos, d_vocab]} but holds 0 in every other column. For metrics
      *                        that read a few logits (a logit difference): a sweep then skips the rest of the
      *                        unembedding, which at one position per cell is most of its memory traffic
+     * @param suffix          null, or which positions of each sequence to compute at all ({@link Suffix})
      */
     public record Options(boolean keepActivations, KVCache cache, int startLayer, Tensor startResid, int stopLayer,
-                          boolean lastLogitsOnly, int[] logitColumns) {
-        public static final Options DEFAULT = new Options(false, null, 0, null, Integer.MAX_VALUE, false, null);
+                          boolean lastLogitsOnly, int[] logitColumns, Suffix suffix) {
+        public static final Options DEFAULT = new Options(false, null, 0, null, Integer.MAX_VALUE, false, null, null);
+
+        public Options(boolean keepActivations, KVCache cache, int startLayer, Tensor startResid, int stopLayer,
+                       boolean lastLogitsOnly, int[] logitColumns) {
+            this(keepActivations, cache, startLayer, startResid, stopLayer, lastLogitsOnly, logitColumns, null);
+        }
 
         public Options(boolean keepActivations, KVCache cache, int startLayer, Tensor startResid, int stopLayer, boolean lastLogitsOnly) {
-            this(keepActivations, cache, startLayer, startResid, stopLayer, lastLogitsOnly, null);
+            this(keepActivations, cache, startLayer, startResid, stopLayer, lastLogitsOnly, null, null);
         }
 
         public Options(boolean keepActivations, KVCache cache) {
-            this(keepActivations, cache, 0, null, Integer.MAX_VALUE, false, null);
+            this(keepActivations, cache, 0, null, Integer.MAX_VALUE, false, null, null);
         }
 
         /** Runs blocks {@code [startLayer, stopLayer)} from the given residual. */
         public static Options range(int startLayer, Tensor startResid, int stopLayer, boolean keepActivations) {
-            return new Options(keepActivations, null, startLayer, startResid, stopLayer, false, null);
+            return new Options(keepActivations, null, startLayer, startResid, stopLayer, false, null, null);
         }
 
         /** The same options with logits for the last position only. */
         public Options withLastLogitsOnly() {
-            return new Options(keepActivations, cache, startLayer, startResid, stopLayer, true, logitColumns);
+            return new Options(keepActivations, cache, startLayer, startResid, stopLayer, true, logitColumns, suffix);
         }
 
         /** The same options unembedding only vocabulary ids {@code ids} (null: all); see {@link #logitColumns}. */
         public Options withLogitColumns(int[] ids) {
-            return new Options(keepActivations, cache, startLayer, startResid, stopLayer, lastLogitsOnly, ids == null ? null : ids.clone());
+            return new Options(keepActivations, cache, startLayer, startResid, stopLayer, lastLogitsOnly, ids == null ? null : ids.clone(), suffix);
+        }
+
+        /** The same options computing only the positions {@code s} names (null: all); see {@link Suffix}. */
+        public Options withSuffix(Suffix s) {
+            return new Options(keepActivations, cache, startLayer, startResid, stopLayer, lastLogitsOnly, logitColumns, s);
+        }
+    }
+
+    /**
+     * A pass that computes only the last positions of each sequence: sequence b's positions before
+     * {@code from[b]} are known to equal those of a reference run over the same tokens, and are not
+     * recomputed. A causal model's earlier positions never see later ones, so after an edit at position
+     * p of every block from some layer on (a patching cell), positions before p are the reference's.
+     *
+     * <p>The batch is copies of the reference's P sequences (sequence b is reference sequence b % P).
+     * What later positions need of earlier ones is their queries, keys and values in each block run:
+     * {@code q[l]} {@code [P, pos, n_heads, d_head]}, {@code k[l]}, {@code v[l]} {@code [P, pos, n_kv_heads,
+     * d_head]}, the reference's {@code hook_q/k/v} (null for blocks not run). The pass needs
+     * {@code startResid} (the full {@code [batch, pos, d_model]} residual entering {@code startLayer},
+     * also for layer 0) and {@code lastLogitsOnly} (or a stop layer before the unembedding).
+     *
+     * <p>Activations come in two layouts. The attention core ({@link #fullRows}: q, k, v, rot_q, rot_k,
+     * attn_scores, pattern, z) is computed whole, {@code [batch, pos, ...]}, the reference's rows copied
+     * in front of the computed ones; attention then runs exactly as in a whole pass. Everything else is
+     * compact: {@code [1, rows, ...]}, sequence after sequence, sequence b's positions {@code from[b] ..
+     * pos-1} ({@link #rowStart} gives where each starts). Hooks see the tensors in these layouts.
+     *
+     * <p>The computed rows equal those of a whole pass bit for bit when the backend gives a GEMM's rows
+     * the same bits whatever the matrix height; {@link Transformer#suffixExact} asks it.
+     *
+     * @param from first computed position of each sequence, in {@code [0, pos)}
+     */
+    public record Suffix(int[] from, Tensor[] q, Tensor[] k, Tensor[] v) {
+        public Suffix {
+            from = from.clone();
+        }
+
+        /** Rows computed for sequences of {@code pos} positions: the sum of {@code pos - from[b]}. */
+        public int rows(int pos) {
+            long r = 0;
+            for (int f : from) r += pos - f;
+            return Math.toIntExact(r);
+        }
+
+        /** The compact row where each sequence's first computed position is, and {@code rows} at the end. */
+        public int[] rowStart(int pos) {
+            int[] start = new int[from.length + 1];
+            for (int b = 0; b < from.length; b++) start[b + 1] = start[b] + pos - from[b];
+            return start;
+        }
+
+        /** Whether hook point {@code p} is computed whole ({@code [batch, pos, ...]}) in a suffix pass. */
+        public static boolean fullRows(HookPoint p) {
+            return switch (p) {
+                case Q, K, V, ROT_Q, ROT_K, ATTN_SCORES, PATTERN, Z -> true;
+                default -> false;
+            };
         }
     }
 
@@ -208,14 +271,20 @@ public final class Transformer {
         long keyValidOff = f.keyValid == null ? 0 : f.keyValid.offset();
 
         int startLayer = opts.startLayer(), stopLayer = Math.min(opts.stopLayer(), cfg.nLayers());
-        if (startLayer < 0 || startLayer > cfg.nLayers() || (startLayer > 0 && opts.startResid() == null))
+        Suffix sfx = opts.suffix();
+        if (startLayer < 0 || startLayer > cfg.nLayers() || ((startLayer > 0 || sfx != null) && opts.startResid() == null))
             throw new LoupeException("forward: start layer " + startLayer + " needs a resid_pre tensor and must be in [0, " + cfg.nLayers() + "]");
-        Tensor resid = scope.empty(B, T, C);
-        if (startLayer > 0) {
+        // Row-wise activations are [RB, RT, ...]: the batch, or in a suffix pass its computed rows as one run.
+        SuffixRows sr = sfx == null ? null : suffixRows(scope, sfx, opts, B, T, startLayer, stopLayer);
+        final int RB = sr == null ? B : 1, RT = sr == null ? T : sr.rows, R = RB * RT;
+        Tensor resid = scope.empty(RB, RT, C);
+        if (startLayer > 0 || sr != null) {
             if (!java.util.Arrays.equals(opts.startResid().shape(), new int[]{B, T, C}))
                 throw new LoupeException("forward: start residual has shape " + java.util.Arrays.toString(opts.startResid().shape())
                         + ", expected [" + B + ", " + T + ", " + C + "]");
-            resid.copyFrom(opts.startResid());
+            if (sr == null) resid.copyFrom(opts.startResid());
+            else be.gatherRows(resid.buffer(), resid.offset(), opts.startResid().buffer(), opts.startResid().offset(),
+                    sr.fresh.buffer(), sr.fresh.offset(), R, C);
         } else {
             embed(f, resid, hk, scope, past, B, T, BT, C);
         }
@@ -225,7 +294,7 @@ public final class Transformer {
         for (int l = startLayer; l < stopLayer; l++) {
             LayerActs a;
             if (opts.keepActivations() || shared == null) {
-                a = allocate(scope, B, T, tk, hk, l);
+                a = allocate(scope, B, T, RB, RT, tk, hk, l);
                 if (!opts.keepActivations()) shared = a;
             } else {
                 a = shared;
@@ -236,14 +305,20 @@ public final class Transformer {
             fire(hk, HookPoint.RESID_PRE, l, a.residPre, scope, past);
 
             // ---- attention (split inputs, when hooked, are per-head copies of resid_pre: see HookPoint.onDemand)
-            Tensor attnIn = splitInput(hk, HookPoint.ATTN_IN, l, a.residPre, H, null, B, T, scope, past);
-            Tensor qIn = splitInput(hk, HookPoint.Q_INPUT, l, a.residPre, H, attnIn, B, T, scope, past);
-            Tensor kIn = splitInput(hk, HookPoint.K_INPUT, l, a.residPre, HKV, attnIn, B, T, scope, past);
-            Tensor vIn = splitInput(hk, HookPoint.V_INPUT, l, a.residPre, HKV, attnIn, B, T, scope, past);
-            a.ln1Out = norm(a.ln1Out, a.ln1Norm, a.ln1Scale, a.residPre, lw.ln1W, lw.ln1B, BT, hk, HookPoint.LN1_SCALE, HookPoint.LN1_NORMALIZED, l, scope, past);
-            projection(a.q, a.ln1Out, qIn, lw.wQ, lw.bQ, lw, B, T, H, scope);
-            projection(a.k, a.ln1Out, kIn, lw.wK, lw.bK, lw, B, T, HKV, scope);
-            projection(a.v, a.ln1Out, vIn, lw.wV, lw.bV, lw, B, T, HKV, scope);
+            Tensor attnIn = splitInput(hk, HookPoint.ATTN_IN, l, a.residPre, H, null, RB, RT, scope, past);
+            Tensor qIn = splitInput(hk, HookPoint.Q_INPUT, l, a.residPre, H, attnIn, RB, RT, scope, past);
+            Tensor kIn = splitInput(hk, HookPoint.K_INPUT, l, a.residPre, HKV, attnIn, RB, RT, scope, past);
+            Tensor vIn = splitInput(hk, HookPoint.V_INPUT, l, a.residPre, HKV, attnIn, RB, RT, scope, past);
+            a.ln1Out = norm(a.ln1Out, a.ln1Norm, a.ln1Scale, a.residPre, lw.ln1W, lw.ln1B, R, hk, HookPoint.LN1_SCALE, HookPoint.LN1_NORMALIZED, l, scope, past);
+            if (sr == null) {
+                projection(a.q, a.ln1Out, qIn, lw.wQ, lw.bQ, lw, B, T, H, scope);
+                projection(a.k, a.ln1Out, kIn, lw.wK, lw.bK, lw, B, T, HKV, scope);
+                projection(a.v, a.ln1Out, vIn, lw.wV, lw.bV, lw, B, T, HKV, scope);
+            } else {
+                suffixProjection(a.q, sr.q, sfx.q()[l], a.ln1Out, qIn, lw.wQ, lw.bQ, lw, sr, B * T, H, scope);
+                suffixProjection(a.k, sr.k, sfx.k()[l], a.ln1Out, kIn, lw.wK, lw.bK, lw, sr, B * T, HKV, scope);
+                suffixProjection(a.v, sr.v, sfx.v()[l], a.ln1Out, vIn, lw.wV, lw.bV, lw, sr, B * T, HKV, scope);
+            }
             if ((qIn != null || kIn != null || vIn != null) && f.splitInputEdited < 0) f.splitInputEdited = l;
             fire(hk, HookPoint.Q, l, a.q, scope, past);
             fire(hk, HookPoint.K, l, a.k, scope, past);
@@ -270,27 +345,33 @@ public final class Transformer {
             }
             attention(a, qUsed, keys, values, kvRows, B, T, tk, past, keyValidBuf, keyValidOff, hk, l, scope);
 
+            // z of the computed rows (a suffix pass attends over whole sequences, then goes on with its rows).
+            Tensor z = a.z;
+            if (sr != null) {
+                z = sr.z;
+                be.gatherRows(z.buffer(), z.offset(), a.z.buffer(), a.z.offset(), sr.fresh.buffer(), sr.fresh.offset(), R, H * D);
+            }
             // Output projection; per-head results only when someone looks at them.
             if (hk.active(slot(HookPoint.RESULT, l))) {
-                a.result = scope.empty(B, T, H, C);
+                a.result = scope.empty(RB, RT, H, C);
                 // result[bt, h, :] = z[bt, h, :] · W_O[:, h*D:(h+1)*D]ᵀ, batched over heads.
-                be.gemm(false, true, BT, C, D, 1f, a.z.buffer(), a.z.offset(), H * D, D,
+                be.gemm(false, true, R, C, D, 1f, z.buffer(), z.offset(), H * D, D,
                         lw.wO.buffer(), lw.wO.offset(), H * D, D, 0f, a.result.buffer(), a.result.offset(), H * C, C, H);
                 if (hk.fire(slot(HookPoint.RESULT, l), a.result, HookPoint.RESULT, l, scope, past)) {
                     // A hook may have edited a head's result: attn_out is their sum.
-                    sumHeads(a.attnOut, a.result, BT, H, C);
-                    if (lw.bO != null) be.addBias(a.attnOut.buffer(), a.attnOut.offset(), lw.bO.buffer(), lw.bO.offset(), BT, C);
+                    sumHeads(a.attnOut, a.result, R, H, C);
+                    if (lw.bO != null) be.addBias(a.attnOut.buffer(), a.attnOut.offset(), lw.bO.buffer(), lw.bO.offset(), R, C);
                 } else {
                     // Only read: the usual projection, so that caching hook_result changes no number.
-                    linear(a.attnOut, a.z, lw.wO, lw.bO, B, T);
+                    linear(a.attnOut, z, lw.wO, lw.bO, RB, RT);
                 }
             } else {
-                linear(a.attnOut, a.z, lw.wO, lw.bO, B, T);
+                linear(a.attnOut, z, lw.wO, lw.bO, RB, RT);
             }
             fire(hk, HookPoint.ATTN_OUT, l, a.attnOut, scope, past);
             if (cfg.attnOnly()) {
                 // No MLP: the block's output is resid_pre + attn_out.
-                be.add(a.residPost.buffer(), a.residPost.offset(), a.residPre.buffer(), a.residPre.offset(), a.attnOut.buffer(), a.attnOut.offset(), (long) BT * C);
+                be.add(a.residPost.buffer(), a.residPost.offset(), a.residPre.buffer(), a.residPre.offset(), a.attnOut.buffer(), a.attnOut.offset(), (long) R * C);
             } else {
                 // resid_mid = resid_pre + attn_out, and ln2 of it in the same pass unless a hook in between may
                 // edit (the fused op gives the same bits, so readers see what they would see anyway).
@@ -300,13 +381,13 @@ public final class Transformer {
                     be.addNorm(a.residMid.buffer(), a.residMid.offset(), a.residPre.buffer(), a.residPre.offset(),
                             a.attnOut.buffer(), a.attnOut.offset(), a.ln2Out.buffer(), a.ln2Out.offset(),
                             a.ln2Norm.buffer(), a.ln2Norm.offset(), a.ln2Scale.buffer(), a.ln2Scale.offset(),
-                            buf(lw.ln2W), off(lw.ln2W), buf(lw.ln2B), off(lw.ln2B), BT, C, cfg.normEps(),
+                            buf(lw.ln2W), off(lw.ln2W), buf(lw.ln2B), off(lw.ln2B), R, C, cfg.normEps(),
                             cfg.norm() == ModelConfig.Norm.RMS_NORM);
                 } else {
-                    be.add(a.residMid.buffer(), a.residMid.offset(), a.residPre.buffer(), a.residPre.offset(), a.attnOut.buffer(), a.attnOut.offset(), (long) BT * C);
+                    be.add(a.residMid.buffer(), a.residMid.offset(), a.residPre.buffer(), a.residPre.offset(), a.attnOut.buffer(), a.attnOut.offset(), (long) R * C);
                 }
                 fire(hk, HookPoint.RESID_MID, l, a.residMid, scope, past);
-                mlp(a, lw, B, T, M, hk, l, scope, past, fuse);
+                mlp(a, lw, RB, RT, M, hk, l, scope, past, fuse);
             }
             // resid_post is the next block's resid_pre: an edit there must not reach a kept resid_post.
             int post = slot(HookPoint.RESID_POST, l);
@@ -319,7 +400,7 @@ public final class Transformer {
                 // The next block writes its resid_post over this block's resid_pre (its input is this
                 // resid_post), unless a hook saw that tensor as resid_pre here or as the previous resid_post.
                 boolean seen = hk.active(slot(HookPoint.RESID_PRE, l)) || (l > startLayer && hk.active(slot(HookPoint.RESID_POST, l - 1)));
-                a.residPost = seen ? scope.empty(B, T, C) : a.residPre;
+                a.residPost = seen ? scope.empty(RB, RT, C) : a.residPre;
             }
         }
 
@@ -329,7 +410,11 @@ public final class Transformer {
         // ---- final norm and unembedding (of every position, or of the last one only)
         int TL = T;
         Tensor finalIn = resid;
-        if (opts.lastLogitsOnly() && T > 1) {
+        if (sr != null) {
+            TL = 1;   // lastLogitsOnly: the last computed row of each sequence
+            finalIn = scope.empty(B, 1, C);
+            be.gatherRows(finalIn.buffer(), finalIn.offset(), resid.buffer(), resid.offset(), sr.last.buffer(), sr.last.offset(), B, C);
+        } else if (opts.lastLogitsOnly() && T > 1) {
             TL = 1;
             finalIn = scope.empty(B, 1, C);
             be.copyStrided(finalIn.buffer(), finalIn.offset(), new long[]{0, 0, C, 1}, resid.buffer(), resid.offset() + (long) (T - 1) * C,
@@ -443,14 +528,102 @@ public final class Transformer {
         if (hk.active(s)) hk.fire(s, x, p, layer, scope, past);
     }
 
-    private LayerActs allocate(Scope s, int B, int T, int tk, Hooks.Bound hk, int l) {
+    /**
+     * Whether a suffix pass computing {@code rows} rows gives them the bits a whole pass over sequences of
+     * {@code pos} positions gives them: every weight's GEMM must round a row the same way at both heights
+     * (see {@link Backend#sameRowBits}; measured on block 0's weights, the choice depends on shapes only).
+     */
+    public boolean suffixExact(int rows, int pos) {
+        if (rows < pos) return false;   // short GEMMs take other kernels; and little is saved
+        Weights.Layer lw = w.layers[0];
+        List<Tensor> ws = new ArrayList<>(List.of(lw.wQ, lw.wK, lw.wV, lw.wO));
+        if (!cfg.attnOnly()) {
+            ws.add(lw.wIn);
+            ws.add(lw.wOut);
+            if (cfg.gatedMlp()) ws.add(lw.wGate);
+        }
+        for (Tensor wt : ws)
+            if (!be.sameRowBits(true, rows, pos, wt.dim(0), wt.dim(1), wt.buffer(), wt.offset(), wt.dim(1))) return false;
+        return true;
+    }
+
+    /**
+     * The index tensors and scratch of a suffix pass: {@code fresh[r]}, the whole-batch row {@code b*T+t} of
+     * compact row r; {@code expand[b*T+t]}, where row (b, t) of q/k/v is in {@code [reference rows; computed
+     * rows]}; {@code last[b]}, the compact row of sequence b's last position.
+     */
+    private record SuffixRows(int rows, Tensor fresh, Tensor expand, Tensor last, Tensor q, Tensor k, Tensor v, Tensor z) {}
+
+    private SuffixRows suffixRows(Scope scope, Suffix sfx, Options opts, int B, int T, int startLayer, int stopLayer) {
+        int[] from = sfx.from();
+        if (from.length != B)
+            throw new LoupeException("suffix pass: " + from.length + " first positions for a batch of " + B + " sequences");
+        for (int b = 0; b < B; b++)
+            if (from[b] < 0 || from[b] >= T)
+                throw new LoupeException("suffix pass: sequence " + b + " starts at position " + from[b] + ", outside [0, " + T + ")");
+        if (opts.cache() != null || opts.keepActivations())
+            throw new LoupeException("suffix pass: not with a KV cache or kept activations (the backward needs whole sequences)");
+        if (!opts.lastLogitsOnly() && stopLayer >= cfg.nLayers())
+            throw new LoupeException("suffix pass: logits exist for the computed rows only; ask for the last position's (lastLogitsOnly)");
+        int H = cfg.nHeads(), HKV = cfg.nKvHeads(), D = cfg.dHead();
+        int P = -1;
+        for (int l = startLayer; l < stopLayer; l++) {
+            Tensor[] refs = {at(sfx.q(), l), at(sfx.k(), l), at(sfx.v(), l)};
+            int[] heads = {H, HKV, HKV};
+            for (int i = 0; i < 3; i++) {
+                Tensor r = refs[i];
+                if (r == null || r.rank() != 4 || r.dim(1) != T || r.dim(2) != heads[i] || r.dim(3) != D || (P >= 0 && r.dim(0) != P))
+                    throw new LoupeException("suffix pass: block " + l + "'s reference " + "qkv".charAt(i) + " must be [P, " + T + ", "
+                            + heads[i] + ", " + D + "]" + (r == null ? ", got none" : ", got " + java.util.Arrays.toString(r.shape())));
+                P = r.dim(0);
+            }
+        }
+        if (P <= 0 || B % P != 0)
+            throw new LoupeException("suffix pass: the batch of " + B + " sequences is not copies of the reference's " + P);
+        int rows = sfx.rows(T);
+        int[] start = sfx.rowStart(T), fresh = new int[rows], expand = new int[B * T], last = new int[B];
+        for (int b = 0; b < B; b++) {
+            for (int t = 0; t < T; t++) {
+                int r = start[b] + t - from[b];
+                if (t < from[b]) {
+                    expand[b * T + t] = (b % P) * T + t;
+                } else {
+                    expand[b * T + t] = P * T + r;
+                    fresh[r] = b * T + t;
+                }
+            }
+            last[b] = start[b + 1] - 1;
+        }
+        return new SuffixRows(rows, scope.fromInts(fresh, rows), scope.fromInts(expand, B * T), scope.fromInts(last, B),
+                scope.empty(P * T + rows, H, D), scope.empty(P * T + rows, HKV, D), scope.empty(P * T + rows, HKV, D),
+                scope.empty(1, rows, H, D));
+    }
+
+    private static Tensor at(Tensor[] t, int l) {
+        return t == null || l >= t.length ? null : t[l];
+    }
+
+    /**
+     * q, k or v {@code out [B, T, n, d_head]} of a suffix pass: the computed rows projected into {@code src}
+     * {@code [P*T + rows, n, d_head]} after a copy of the reference's, then gathered into place.
+     */
+    private void suffixProjection(Tensor out, Tensor src, Tensor ref, Tensor ln1Out, Tensor split, Tensor weight, Tensor bias,
+                                  Weights.Layer lw, SuffixRows sr, int BT, int n, Scope scope) {
+        int D = cfg.dHead(), PT = ref.dim(0) * ref.dim(1);
+        src.slice(0, PT).copyFrom(ref.reshape(PT, n, D));
+        projection(src.slice(PT, PT + sr.rows).reshape(1, sr.rows, n, D), ln1Out, split, weight, bias, lw, 1, sr.rows, n, scope);
+        be.gatherRows(out.buffer(), out.offset(), src.buffer(), src.offset(), sr.expand.buffer(), sr.expand.offset(), BT, n * D);
+    }
+
+    /** One block's buffers: the attention core {@code [B, T, ...]}, row-wise activations {@code [RB, RT, ...]} (see Suffix). */
+    private LayerActs allocate(Scope s, int B, int T, int RB, int RT, int tk, Hooks.Bound hk, int l) {
         int C = cfg.dModel(), H = cfg.nHeads(), HKV = cfg.nKvHeads(), D = cfg.dHead(), M = cfg.dMlp();
         boolean norms = cfg.norm() != ModelConfig.Norm.NONE, mlp = !cfg.attnOnly();
         LayerActs a = new LayerActs();
         if (norms) {
-            a.ln1Norm = s.empty(B, T, C);
-            a.ln1Scale = s.empty(B, T, 1);
-            a.ln1Out = s.empty(B, T, C);
+            a.ln1Norm = s.empty(RB, RT, C);
+            a.ln1Scale = s.empty(RB, RT, 1);
+            a.ln1Out = s.empty(RB, RT, C);
         }
         a.q = s.empty(B, T, H, D);
         a.k = s.empty(B, T, HKV, D);
@@ -462,20 +635,20 @@ public final class Transformer {
         a.scores = s.empty(B, H, T, tk);
         a.pattern = s.empty(B, H, T, tk);
         a.z = s.empty(B, T, H, D);
-        a.attnOut = s.empty(B, T, C);
+        a.attnOut = s.empty(RB, RT, C);
         if (mlp) {
-            a.residMid = s.empty(B, T, C);
+            a.residMid = s.empty(RB, RT, C);
             if (norms) {
-                a.ln2Norm = s.empty(B, T, C);
-                a.ln2Scale = s.empty(B, T, 1);
-                a.ln2Out = s.empty(B, T, C);
+                a.ln2Norm = s.empty(RB, RT, C);
+                a.ln2Scale = s.empty(RB, RT, 1);
+                a.ln2Out = s.empty(RB, RT, C);
             }
-            a.pre = s.empty(B, T, M);
-            if (cfg.gatedMlp()) a.preLinear = s.empty(B, T, M);
-            a.post = s.empty(B, T, M);
-            a.mlpOut = s.empty(B, T, C);
+            a.pre = s.empty(RB, RT, M);
+            if (cfg.gatedMlp()) a.preLinear = s.empty(RB, RT, M);
+            a.post = s.empty(RB, RT, M);
+            a.mlpOut = s.empty(RB, RT, C);
         }
-        a.residPost = s.empty(B, T, C);
+        a.residPost = s.empty(RB, RT, C);
         return a;
     }
 

@@ -124,6 +124,48 @@ public record PatchCell(HookPoint point, int layer, int pos, int head, int srcPo
                 source.buffer(), source.offset() + off, strides, shape, false);
     }
 
+    /**
+     * The first position this cell's patch can change: its position (a causal model's earlier positions
+     * never see it; for patterns, the destination), or 0 when it patches every position.
+     */
+    public int firstAffectedPos() {
+        return pos == ALL ? 0 : pos;
+    }
+
+    /**
+     * As {@link #copy}, into the compact activation {@code target [1, rows, ...]} of a suffix pass
+     * ({@code Transformer.Suffix}): sequence {@code firstSeq + i} (prompt i of {@code source [P, pos, ...]})
+     * holds positions {@code from[firstSeq + i]} onward from compact row {@code rowStart[firstSeq + i]}.
+     * For row-wise points ({@link Layout#POS}, {@link Layout#POS_HEAD}); one strided copy per prompt.
+     */
+    public void copyIntoRows(Tensor source, Tensor target, int firstSeq, int[] from, int[] rowStart) {
+        int[] s = source.shape(), t = target.shape();
+        if (layout() == Layout.HEAD_DEST_SRC || s.length != t.length || t[0] != 1)
+            throw new LoupeException("patching: cannot copy " + this + " into compact rows " + java.util.Arrays.toString(t));
+        for (int i = 2; i < s.length; i++)
+            if (s[i] != t[i])
+                throw new LoupeException("patching: source activation " + java.util.Arrays.toString(s) + " and compact target "
+                        + java.util.Arrays.toString(t) + " at " + hookName() + " differ after the position dimension");
+        int P = s[0], T = s[1];
+        int d2 = layout() == Layout.POS ? 1 : s[2], d3 = trailing(s, layout() == Layout.POS ? 2 : 3);
+        check(pos, T);
+        check(head, d2);
+        long[] strides = {0, (long) d2 * d3, d3, 1};
+        for (int i = 0; i < P; i++) {
+            int b = firstSeq + i, t0 = pos == ALL ? from[b] : pos, t1 = pos == ALL ? T : pos + 1;
+            if (t0 < from[b])
+                throw new LoupeException("patching: " + this + " patches position " + t0 + ", before sequence " + b
+                        + "'s first computed position " + from[b]);
+            int h0 = head == ALL ? 0 : head, nh = head == ALL ? d2 : 1;
+            long src = source.offset() + (((long) i * T + t0) * d2 + h0) * d3;
+            long dst = target.offset() + (((long) rowStart[b] + t0 - from[b]) * d2 + h0) * d3;
+            if (rowStart[b] + t1 - from[b] > t[1])
+                throw new LoupeException("patching: compact rows of sequence " + b + " run past the target's " + t[1] + " rows");
+            target.backend().copyStrided(target.buffer(), dst, strides, source.buffer(), src, strides,
+                    new int[]{1, t1 - t0, nh, d3}, false);
+        }
+    }
+
     private void check(int index, int size) {
         if (index >= size)
             throw new LoupeException("patching: " + this + " indexes past the activation (size " + size + " along that axis)");

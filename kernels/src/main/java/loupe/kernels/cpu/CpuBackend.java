@@ -287,19 +287,35 @@ public final class CpuBackend implements Backend {
         parallel(n, (long) k * rows, (j0, j1) -> SkinnyGemm.columns(a, strideA, rows, w, ldw, k, alpha, beta, c, strideC, j0, j1));
     }
 
-    /** Per GEMM shape: whether one GEMM over stacked sequences gives each row the bits separate GEMMs give. */
-    private final java.util.concurrent.ConcurrentHashMap<java.util.List<Integer>, Boolean> mergeVerdicts = new java.util.concurrent.ConcurrentHashMap<>();
+    /** Per GEMM shape: whether a GEMM of m rows gives each row the bits GEMMs of refM rows give it. */
+    private final java.util.concurrent.ConcurrentHashMap<java.util.List<Integer>, Boolean> rowVerdicts = new java.util.concurrent.ConcurrentHashMap<>();
 
     /**
      * Whether {@code batch} row-major GEMMs of {@code m} rows against one shared B may run as one GEMM of
-     * {@code m * batch} rows. A BLAS may pick another kernel for another matrix height (OpenBLAS has a
-     * small-matrix path) and round differently, so the answer is measured, once per shape, by running both
-     * on pseudo-random rows against the real B and comparing the bits. Sequences must not change numbers
-     * with the company they keep in a batch (batched patching equals the one-cell loop exactly).
+     * {@code m * batch} rows: sequences must not change numbers with the company they keep in a batch
+     * (batched patching equals the one-cell loop exactly).
      */
     private boolean mergeKeepsRows(boolean transB, int m, int n, int k, int lda, int ldb, int ldc, int batch, MemorySegment b) {
-        return mergeVerdicts.computeIfAbsent(java.util.List.of(transB ? 1 : 0, m, n, k, lda, ldb, ldc, batch), key -> {
-            long rows = (long) m * batch;
+        return rowBits(transB, m * batch, m, n, k, lda, ldb, ldc, b);
+    }
+
+    @Override
+    public boolean sameRowBits(boolean transB, int m, int refM, int n, int k, Buffer b, long bOff, int ldb) {
+        if (m <= 0 || refM <= 0 || n <= 0 || k <= 0) throw new LoupeException("sameRowBits: sizes must be positive");
+        if (m == refM) return true;
+        if (m == 1 || refM == 1) return false;   // single rows take other kernels (gemm's m == 1 paths)
+        if (blas.isEmpty()) return true;   // the Java GEMM computes each row on its own, whatever m
+        return rowBits(transB, m, refM, n, k, k, ldb, n, seg(b).asSlice(bOff * 4));
+    }
+
+    /**
+     * The answer of {@link #sameRowBits}, measured once per shape (the BLAS's choice of kernel depends on
+     * the shape, not the values): one GEMM of m pseudo-random rows against the real B, the same rows in
+     * GEMMs of refM rows (the last one padded), and the bits compared.
+     */
+    private boolean rowBits(boolean transB, int m, int refM, int n, int k, int lda, int ldb, int ldc, MemorySegment b) {
+        return rowVerdicts.computeIfAbsent(java.util.List.of(transB ? 1 : 0, m, refM, n, k, lda, ldb, ldc), key -> {
+            long chunks = (m + refM - 1) / refM, rows = chunks * refM;
             try (java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofConfined()) {
                 MemorySegment pa = arena.allocate(rows * lda * 4, 64), c1 = arena.allocate(rows * ldc * 4, 64),
                         c2 = arena.allocate(rows * ldc * 4, 64);
@@ -309,11 +325,12 @@ public final class CpuBackend implements Backend {
                     set(pa, i, (seed >>> 8) * (1f / (1 << 24)) - 0.5f);
                 }
                 Blas bl = blas.get();
-                bl.sgemm(false, transB, (int) rows, n, k, 1f, pa, lda, b, ldb, 0f, c1, ldc);
-                for (int i = 0; i < batch; i++)
-                    bl.sgemm(false, transB, m, n, k, 1f, pa.asSlice((long) i * m * lda * 4), lda, b, ldb, 0f,
-                            c2.asSlice((long) i * m * ldc * 4), ldc);
-                return c1.mismatch(c2) == -1;
+                bl.sgemm(false, transB, m, n, k, 1f, pa, lda, b, ldb, 0f, c1, ldc);
+                for (long i = 0; i < chunks; i++)
+                    bl.sgemm(false, transB, refM, n, k, 1f, pa.asSlice(i * refM * lda * 4), lda, b, ldb, 0f,
+                            c2.asSlice(i * refM * ldc * 4), ldc);
+                long used = (long) m * ldc * 4;
+                return c1.asSlice(0, used).mismatch(c2.asSlice(0, used)) == -1;
             }
         });
     }
