@@ -183,49 +183,70 @@ public final class Transformer {
     }
 
     /**
-     * A pass that computes only the last positions of each sequence: sequence b's positions before
-     * {@code from[b]} are known to equal those of a reference run over the same tokens, and are not
-     * recomputed. A causal model's earlier positions never see later ones, so after an edit at position
-     * p of every block from some layer on (a patching cell), positions before p are the reference's.
+     * A pass that computes only the last positions of each sequence, each from its own first block:
+     * sequence b's positions before {@code from[b]}, and all its blocks before {@code join[b]}, are known
+     * to equal those of a reference run over the same tokens, and are not recomputed. A causal model's
+     * earlier positions never see later ones, so after an edit at position p of block l (a patching cell),
+     * positions before p, and blocks before l, are the reference's. Many such cells share one pass, and
+     * each GEMM of a block covers every sequence that has joined by then.
      *
-     * <p>The batch is copies of the reference's P sequences (sequence b is reference sequence b % P).
-     * What later positions need of earlier ones is their queries, keys and values in each block run:
-     * {@code q[l]} {@code [P, pos, n_heads, d_head]}, {@code k[l]}, {@code v[l]} {@code [P, pos, n_kv_heads,
-     * d_head]}, the reference's {@code hook_q/k/v} (null for blocks not run). The pass needs
-     * {@code startResid} (the full {@code [batch, pos, d_model]} residual entering {@code startLayer},
-     * also for layer 0) and {@code lastLogitsOnly} (or a stop layer before the unembedding).
+     * <p>The batch is copies of the reference's P sequences (sequence b is reference sequence b % P),
+     * ordered by {@code join}. The reference gives, per block l, {@code residPre[l]} {@code [P, pos,
+     * d_model]} (where a sequence joining at l starts; its hook_resid_pre), and what later positions need
+     * of earlier ones: {@code q[l]} {@code [P, pos, n_heads, d_head]}, {@code k[l]}, {@code v[l]} {@code [P,
+     * pos, n_kv_heads, d_head]} (its hook_q/k/v). Options: {@code startLayer} is the first block run
+     * (at most every {@code join}), {@code startResid} is not used (null), and {@code lastLogitsOnly} is
+     * needed (or a stop layer before the unembedding).
      *
-     * <p>Activations come in two layouts. The attention core ({@link #fullRows}: q, k, v, rot_q, rot_k,
-     * attn_scores, pattern, z) is computed whole, {@code [batch, pos, ...]}, the reference's rows copied
-     * in front of the computed ones; attention then runs exactly as in a whole pass. Everything else is
+     * <p>Activations of block l cover the sequences that have joined ({@code join[b] <= l}: the first
+     * {@link #active} of them), in two layouts. The attention core ({@link #fullRows}: q, k, v, rot_q,
+     * rot_k, attn_scores, pattern, z) is whole, {@code [active, pos, ...]}, the reference's rows copied in
+     * front of the computed ones; attention then runs exactly as in a whole pass. Everything else is
      * compact: {@code [1, rows, ...]}, sequence after sequence, sequence b's positions {@code from[b] ..
-     * pos-1} ({@link #rowStart} gives where each starts). Hooks see the tensors in these layouts.
+     * pos-1} from row {@code rowStart(pos)[b]}. Hooks see the tensors in these layouts.
      *
      * <p>The computed rows equal those of a whole pass bit for bit when the backend gives a GEMM's rows
      * the same bits whatever the matrix height; {@link Transformer#suffixExact} asks it.
      *
      * @param from first computed position of each sequence, in {@code [0, pos)}
+     * @param join first block of each sequence (non-decreasing), or null: all start at {@code startLayer}
      */
-    public record Suffix(int[] from, Tensor[] q, Tensor[] k, Tensor[] v) {
+    public record Suffix(int[] from, int[] join, Tensor[] residPre, Tensor[] q, Tensor[] k, Tensor[] v) {
         public Suffix {
             from = from.clone();
+            join = join == null ? null : join.clone();
         }
 
         /** Rows computed for sequences of {@code pos} positions: the sum of {@code pos - from[b]}. */
         public int rows(int pos) {
-            long r = 0;
-            for (int f : from) r += pos - f;
-            return Math.toIntExact(r);
+            return rowStart(pos)[from.length];
         }
 
         /** The compact row where each sequence's first computed position is, and {@code rows} at the end. */
         public int[] rowStart(int pos) {
             int[] start = new int[from.length + 1];
-            for (int b = 0; b < from.length; b++) start[b + 1] = start[b] + pos - from[b];
+            for (int b = 0; b < from.length; b++) start[b + 1] = Math.addExact(start[b], pos - from[b]);
             return start;
         }
 
-        /** Whether hook point {@code p} is computed whole ({@code [batch, pos, ...]}) in a suffix pass. */
+        /** How many sequences (the first ones) block {@code layer} computes: those joined by then. */
+        public int active(int layer) {
+            if (join == null) return from.length;
+            int n = 0;
+            while (n < join.length && join[n] <= layer) n++;
+            return n;
+        }
+
+        /**
+         * The distinct compact heights the blocks' GEMMs have for sequences of {@code pos} positions, from
+         * block {@code startLayer}: what {@link Transformer#suffixExact} must hold for.
+         */
+        public int[] heights(int pos, int startLayer, int stopLayer) {
+            int[] start = rowStart(pos);
+            return java.util.stream.IntStream.range(startLayer, stopLayer).map(l -> start[active(l)]).filter(h -> h > 0).distinct().toArray();
+        }
+
+        /** Whether hook point {@code p} is computed whole ({@code [active, pos, ...]}) in a suffix pass. */
         public static boolean fullRows(HookPoint p) {
             return switch (p) {
                 case Q, K, V, ROT_Q, ROT_K, ATTN_SCORES, PATTERN, Z -> true;
@@ -272,19 +293,20 @@ public final class Transformer {
 
         int startLayer = opts.startLayer(), stopLayer = Math.min(opts.stopLayer(), cfg.nLayers());
         Suffix sfx = opts.suffix();
-        if (startLayer < 0 || startLayer > cfg.nLayers() || ((startLayer > 0 || sfx != null) && opts.startResid() == null))
+        if (startLayer < 0 || startLayer > cfg.nLayers() || (startLayer > 0 && sfx == null && opts.startResid() == null))
             throw new LoupeException("forward: start layer " + startLayer + " needs a resid_pre tensor and must be in [0, " + cfg.nLayers() + "]");
-        // Row-wise activations are [RB, RT, ...]: the batch, or in a suffix pass its computed rows as one run.
+        // Row-wise activations are [RB, RT, ...]: the batch, or in a suffix pass its computed rows as one run
+        // (buffers for all of them; each block uses the first rows, those of the sequences joined by then).
         SuffixRows sr = sfx == null ? null : suffixRows(scope, sfx, opts, B, T, startLayer, stopLayer);
-        final int RB = sr == null ? B : 1, RT = sr == null ? T : sr.rows, R = RB * RT;
+        final int RB = sr == null ? B : 1, RT = sr == null ? T : sr.rows;
         Tensor resid = scope.empty(RB, RT, C);
-        if (startLayer > 0 || sr != null) {
+        if (sr != null) {
+            // Rows come from the reference's resid_pre as their sequences join (in the loop).
+        } else if (startLayer > 0) {
             if (!java.util.Arrays.equals(opts.startResid().shape(), new int[]{B, T, C}))
                 throw new LoupeException("forward: start residual has shape " + java.util.Arrays.toString(opts.startResid().shape())
                         + ", expected [" + B + ", " + T + ", " + C + "]");
-            if (sr == null) resid.copyFrom(opts.startResid());
-            else be.gatherRows(resid.buffer(), resid.offset(), opts.startResid().buffer(), opts.startResid().offset(),
-                    sr.fresh.buffer(), sr.fresh.offset(), R, C);
+            resid.copyFrom(opts.startResid());
         } else {
             embed(f, resid, hk, scope, past, B, T, BT, C);
         }
@@ -292,32 +314,38 @@ public final class Transformer {
         f.layers = new LayerActs[cfg.nLayers()];
         LayerActs shared = null;
         for (int l = startLayer; l < stopLayer; l++) {
-            LayerActs a;
+            // This block's sequences (Bk) and row-wise shape [rb, rt, ...]: all of them, or in a suffix pass
+            // those joined by now, whose rows come first; sequences joining here start from the reference.
+            final int Bk = sr == null ? B : sfx.active(l), rb = sr == null ? B : 1, rt = sr == null ? T : sr.rowStart[Bk];
+            final int R = rb * rt;
+            if (sr != null) joinRows(sr, sfx, resid, l, l == startLayer ? 0 : sr.rowStart[sfx.active(l - 1)], rt);
+            LayerActs full;
             if (opts.keepActivations() || shared == null) {
-                a = allocate(scope, B, T, RB, RT, tk, hk, l);
-                if (!opts.keepActivations()) shared = a;
+                full = allocate(scope, B, T, RB, RT, tk, hk, l);
+                if (!opts.keepActivations()) shared = full;
             } else {
-                a = shared;
+                full = shared;
             }
+            full.residPre = resid;
+            LayerActs a = sr == null ? full : firstRows(full, Bk, rt);
             f.layers[l] = a;
             Weights.Layer lw = w.layers[l];
-            a.residPre = resid;
             fire(hk, HookPoint.RESID_PRE, l, a.residPre, scope, past);
 
             // ---- attention (split inputs, when hooked, are per-head copies of resid_pre: see HookPoint.onDemand)
-            Tensor attnIn = splitInput(hk, HookPoint.ATTN_IN, l, a.residPre, H, null, RB, RT, scope, past);
-            Tensor qIn = splitInput(hk, HookPoint.Q_INPUT, l, a.residPre, H, attnIn, RB, RT, scope, past);
-            Tensor kIn = splitInput(hk, HookPoint.K_INPUT, l, a.residPre, HKV, attnIn, RB, RT, scope, past);
-            Tensor vIn = splitInput(hk, HookPoint.V_INPUT, l, a.residPre, HKV, attnIn, RB, RT, scope, past);
+            Tensor attnIn = splitInput(hk, HookPoint.ATTN_IN, l, a.residPre, H, null, rb, rt, scope, past);
+            Tensor qIn = splitInput(hk, HookPoint.Q_INPUT, l, a.residPre, H, attnIn, rb, rt, scope, past);
+            Tensor kIn = splitInput(hk, HookPoint.K_INPUT, l, a.residPre, HKV, attnIn, rb, rt, scope, past);
+            Tensor vIn = splitInput(hk, HookPoint.V_INPUT, l, a.residPre, HKV, attnIn, rb, rt, scope, past);
             a.ln1Out = norm(a.ln1Out, a.ln1Norm, a.ln1Scale, a.residPre, lw.ln1W, lw.ln1B, R, hk, HookPoint.LN1_SCALE, HookPoint.LN1_NORMALIZED, l, scope, past);
             if (sr == null) {
                 projection(a.q, a.ln1Out, qIn, lw.wQ, lw.bQ, lw, B, T, H, scope);
                 projection(a.k, a.ln1Out, kIn, lw.wK, lw.bK, lw, B, T, HKV, scope);
                 projection(a.v, a.ln1Out, vIn, lw.wV, lw.bV, lw, B, T, HKV, scope);
             } else {
-                suffixProjection(a.q, sr.q, sfx.q()[l], a.ln1Out, qIn, lw.wQ, lw.bQ, lw, sr, B * T, H, scope);
-                suffixProjection(a.k, sr.k, sfx.k()[l], a.ln1Out, kIn, lw.wK, lw.bK, lw, sr, B * T, HKV, scope);
-                suffixProjection(a.v, sr.v, sfx.v()[l], a.ln1Out, vIn, lw.wV, lw.bV, lw, sr, B * T, HKV, scope);
+                suffixProjection(a.q, sr.q, sfx.q()[l], a.ln1Out, qIn, lw.wQ, lw.bQ, lw, sr, Bk * T, rt, H, scope);
+                suffixProjection(a.k, sr.k, sfx.k()[l], a.ln1Out, kIn, lw.wK, lw.bK, lw, sr, Bk * T, rt, HKV, scope);
+                suffixProjection(a.v, sr.v, sfx.v()[l], a.ln1Out, vIn, lw.wV, lw.bV, lw, sr, Bk * T, rt, HKV, scope);
             }
             if ((qIn != null || kIn != null || vIn != null) && f.splitInputEdited < 0) f.splitInputEdited = l;
             fire(hk, HookPoint.Q, l, a.q, scope, past);
@@ -326,9 +354,9 @@ public final class Transformer {
             Tensor qUsed = a.q, kUsed = a.k;
             if (cfg.positions() == ModelConfig.Positions.ROTARY) {
                 be.rope(a.rotQ.buffer(), a.rotQ.offset(), a.q.buffer(), a.q.offset(), f.positions.buffer(), 0,
-                        w.ropeInvFreq.buffer(), w.ropeInvFreq.offset(), BT, H, D, cfg.rotaryDim(), cfg.ropeInterleaved(), false);
+                        w.ropeInvFreq.buffer(), w.ropeInvFreq.offset(), Bk * T, H, D, cfg.rotaryDim(), cfg.ropeInterleaved(), false);
                 be.rope(a.rotK.buffer(), a.rotK.offset(), a.k.buffer(), a.k.offset(), f.positions.buffer(), 0,
-                        w.ropeInvFreq.buffer(), w.ropeInvFreq.offset(), BT, HKV, D, cfg.rotaryDim(), cfg.ropeInterleaved(), false);
+                        w.ropeInvFreq.buffer(), w.ropeInvFreq.offset(), Bk * T, HKV, D, cfg.rotaryDim(), cfg.ropeInterleaved(), false);
                 fire(hk, HookPoint.ROT_Q, l, a.rotQ, scope, past);
                 fire(hk, HookPoint.ROT_K, l, a.rotK, scope, past);
                 qUsed = a.rotQ;
@@ -343,17 +371,17 @@ public final class Transformer {
                 values = cache.values(l);
                 kvRows = cache.capacity();
             }
-            attention(a, qUsed, keys, values, kvRows, B, T, tk, past, keyValidBuf, keyValidOff, hk, l, scope);
+            attention(a, qUsed, keys, values, kvRows, Bk, T, tk, past, keyValidBuf, keyValidOff, hk, l, scope);
 
             // z of the computed rows (a suffix pass attends over whole sequences, then goes on with its rows).
             Tensor z = a.z;
             if (sr != null) {
-                z = sr.z;
+                z = Tensor.view(be, sr.z.buffer(), sr.z.offset(), Tensor.DTypeKind.F32, 1, rt, H, D);
                 be.gatherRows(z.buffer(), z.offset(), a.z.buffer(), a.z.offset(), sr.fresh.buffer(), sr.fresh.offset(), R, H * D);
             }
             // Output projection; per-head results only when someone looks at them.
             if (hk.active(slot(HookPoint.RESULT, l))) {
-                a.result = scope.empty(RB, RT, H, C);
+                a.result = scope.empty(rb, rt, H, C);
                 // result[bt, h, :] = z[bt, h, :] · W_O[:, h*D:(h+1)*D]ᵀ, batched over heads.
                 be.gemm(false, true, R, C, D, 1f, z.buffer(), z.offset(), H * D, D,
                         lw.wO.buffer(), lw.wO.offset(), H * D, D, 0f, a.result.buffer(), a.result.offset(), H * C, C, H);
@@ -363,10 +391,10 @@ public final class Transformer {
                     if (lw.bO != null) be.addBias(a.attnOut.buffer(), a.attnOut.offset(), lw.bO.buffer(), lw.bO.offset(), R, C);
                 } else {
                     // Only read: the usual projection, so that caching hook_result changes no number.
-                    linear(a.attnOut, z, lw.wO, lw.bO, RB, RT);
+                    linear(a.attnOut, z, lw.wO, lw.bO, rb, rt);
                 }
             } else {
-                linear(a.attnOut, z, lw.wO, lw.bO, RB, RT);
+                linear(a.attnOut, z, lw.wO, lw.bO, rb, rt);
             }
             fire(hk, HookPoint.ATTN_OUT, l, a.attnOut, scope, past);
             if (cfg.attnOnly()) {
@@ -387,20 +415,20 @@ public final class Transformer {
                     be.add(a.residMid.buffer(), a.residMid.offset(), a.residPre.buffer(), a.residPre.offset(), a.attnOut.buffer(), a.attnOut.offset(), (long) R * C);
                 }
                 fire(hk, HookPoint.RESID_MID, l, a.residMid, scope, past);
-                mlp(a, lw, RB, RT, M, hk, l, scope, past, fuse);
+                mlp(a, lw, rb, rt, M, hk, l, scope, past, fuse);
             }
             // resid_post is the next block's resid_pre: an edit there must not reach a kept resid_post.
             int post = slot(HookPoint.RESID_POST, l);
             if (hk.active(post))
                 hk.fire(post, a.residPost, HookPoint.RESID_POST, l, scope, past, l + 1 < stopLayer ? slot(HookPoint.RESID_PRE, l + 1) : -1);
-            resid = a.residPost;
+            resid = full.residPost;   // (all rows' buffer; this block wrote its first rt)
             if (!opts.keepActivations()) {
                 // The next block reuses these buffers, except those a hook saw (a reader may keep them).
-                handOverHooked(a, hk, l, scope);
+                handOverHooked(full, hk, l, scope);
                 // The next block writes its resid_post over this block's resid_pre (its input is this
                 // resid_post), unless a hook saw that tensor as resid_pre here or as the previous resid_post.
                 boolean seen = hk.active(slot(HookPoint.RESID_PRE, l)) || (l > startLayer && hk.active(slot(HookPoint.RESID_POST, l - 1)));
-                a.residPost = seen ? scope.empty(RB, RT, C) : a.residPre;
+                full.residPost = seen ? scope.empty(RB, RT, C) : full.residPre;
             }
         }
 
@@ -549,39 +577,54 @@ public final class Transformer {
 
     /**
      * The index tensors and scratch of a suffix pass: {@code fresh[r]}, the whole-batch row {@code b*T+t} of
-     * compact row r; {@code expand[b*T+t]}, where row (b, t) of q/k/v is in {@code [reference rows; computed
-     * rows]}; {@code last[b]}, the compact row of sequence b's last position.
+     * compact row r; {@code refRow[r]}, the reference's row {@code (b%P)*T+t} of it; {@code expand[b*T+t]},
+     * where row (b, t) of q/k/v is in {@code [reference rows; computed rows]}; {@code last[b]}, the compact
+     * row of sequence b's last position; {@code rowStart}, as {@link Suffix#rowStart}.
      */
-    private record SuffixRows(int rows, Tensor fresh, Tensor expand, Tensor last, Tensor q, Tensor k, Tensor v, Tensor z) {}
+    private record SuffixRows(int rows, int[] rowStart, Tensor fresh, Tensor refRow, Tensor expand, Tensor last,
+                              Tensor q, Tensor k, Tensor v, Tensor z) {}
 
     private SuffixRows suffixRows(Scope scope, Suffix sfx, Options opts, int B, int T, int startLayer, int stopLayer) {
-        int[] from = sfx.from();
-        if (from.length != B)
-            throw new LoupeException("suffix pass: " + from.length + " first positions for a batch of " + B + " sequences");
-        for (int b = 0; b < B; b++)
+        int[] from = sfx.from(), join = sfx.join();
+        if (from.length != B || (join != null && join.length != B))
+            throw new LoupeException("suffix pass: " + from.length + " first positions" + (join == null ? "" : " and " + join.length
+                    + " first blocks") + " for a batch of " + B + " sequences");
+        for (int b = 0; b < B; b++) {
             if (from[b] < 0 || from[b] >= T)
                 throw new LoupeException("suffix pass: sequence " + b + " starts at position " + from[b] + ", outside [0, " + T + ")");
-        if (opts.cache() != null || opts.keepActivations())
-            throw new LoupeException("suffix pass: not with a KV cache or kept activations (the backward needs whole sequences)");
+            int jb = join == null ? startLayer : join[b];
+            if (jb < startLayer || jb >= stopLayer || (b > 0 && join != null && jb < join[b - 1]))
+                throw new LoupeException("suffix pass: sequence " + b + " joins at block " + jb + "; first blocks must be in ["
+                        + startLayer + ", " + stopLayer + ") and in order (sequences sorted by their first block)");
+        }
+        if (opts.cache() != null || opts.keepActivations() || opts.startResid() != null)
+            throw new LoupeException("suffix pass: not with a KV cache, kept activations (the backward needs whole sequences) "
+                    + "or a start residual (sequences start from the reference's resid_pre)");
         if (!opts.lastLogitsOnly() && stopLayer >= cfg.nLayers())
             throw new LoupeException("suffix pass: logits exist for the computed rows only; ask for the last position's (lastLogitsOnly)");
-        int H = cfg.nHeads(), HKV = cfg.nKvHeads(), D = cfg.dHead();
+        int C = cfg.dModel(), H = cfg.nHeads(), HKV = cfg.nKvHeads(), D = cfg.dHead();
         int P = -1;
         for (int l = startLayer; l < stopLayer; l++) {
-            Tensor[] refs = {at(sfx.q(), l), at(sfx.k(), l), at(sfx.v(), l)};
-            int[] heads = {H, HKV, HKV};
-            for (int i = 0; i < 3; i++) {
+            boolean joins = false;
+            for (int b = 0; b < B; b++) joins |= (join == null ? startLayer : join[b]) == l;
+            Tensor[] refs = {joins ? at(sfx.residPre(), l) : null, at(sfx.q(), l), at(sfx.k(), l), at(sfx.v(), l)};
+            int[][] shapes = {{T, C}, {T, H, D}, {T, HKV, D}, {T, HKV, D}};
+            for (int i = joins ? 0 : 1; i < 4; i++) {
                 Tensor r = refs[i];
-                if (r == null || r.rank() != 4 || r.dim(1) != T || r.dim(2) != heads[i] || r.dim(3) != D || (P >= 0 && r.dim(0) != P))
-                    throw new LoupeException("suffix pass: block " + l + "'s reference " + "qkv".charAt(i) + " must be [P, " + T + ", "
-                            + heads[i] + ", " + D + "]" + (r == null ? ", got none" : ", got " + java.util.Arrays.toString(r.shape())));
+                boolean ok = r != null && r.rank() == shapes[i].length + 1 && (P < 0 || r.dim(0) == P)
+                        && java.util.Arrays.equals(java.util.Arrays.copyOfRange(r.shape(), 1, r.rank()), shapes[i]);
+                if (!ok)
+                    throw new LoupeException("suffix pass: block " + l + "'s reference " + List.of("resid_pre", "q", "k", "v").get(i)
+                            + " must be [P, " + java.util.Arrays.toString(shapes[i]).substring(1) + (r == null ? ", got none" : ", got "
+                            + java.util.Arrays.toString(r.shape())));
                 P = r.dim(0);
             }
         }
         if (P <= 0 || B % P != 0)
             throw new LoupeException("suffix pass: the batch of " + B + " sequences is not copies of the reference's " + P);
-        int rows = sfx.rows(T);
-        int[] start = sfx.rowStart(T), fresh = new int[rows], expand = new int[B * T], last = new int[B];
+        int[] start = sfx.rowStart(T);
+        int rows = start[B];
+        int[] fresh = new int[rows], refRow = new int[rows], expand = new int[B * T], last = new int[B];
         for (int b = 0; b < B; b++) {
             for (int t = 0; t < T; t++) {
                 int r = start[b] + t - from[b];
@@ -590,28 +633,78 @@ public final class Transformer {
                 } else {
                     expand[b * T + t] = P * T + r;
                     fresh[r] = b * T + t;
+                    refRow[r] = (b % P) * T + t;
                 }
             }
             last[b] = start[b + 1] - 1;
         }
-        return new SuffixRows(rows, scope.fromInts(fresh, rows), scope.fromInts(expand, B * T), scope.fromInts(last, B),
-                scope.empty(P * T + rows, H, D), scope.empty(P * T + rows, HKV, D), scope.empty(P * T + rows, HKV, D),
-                scope.empty(1, rows, H, D));
+        return new SuffixRows(rows, start, scope.fromInts(fresh, rows), scope.fromInts(refRow, rows), scope.fromInts(expand, B * T),
+                scope.fromInts(last, B), scope.empty(P * T + rows, H, D), scope.empty(P * T + rows, HKV, D),
+                scope.empty(P * T + rows, HKV, D), scope.empty(1, rows, H, D));
     }
 
     private static Tensor at(Tensor[] t, int l) {
         return t == null || l >= t.length ? null : t[l];
     }
 
+    /** Rows {@code [r0, r1)} of {@code resid}: the reference's resid_pre of block l at those rows' positions. */
+    private void joinRows(SuffixRows sr, Suffix sfx, Tensor resid, int l, int r0, int r1) {
+        if (r1 <= r0) return;
+        Tensor ref = sfx.residPre()[l];
+        int C = cfg.dModel();
+        be.gatherRows(resid.buffer(), resid.offset() + (long) r0 * C, ref.buffer(), ref.offset(), sr.refRow.buffer(),
+                sr.refRow.offset() + r0, r1 - r0, C);
+    }
+
+    /** A block's activations over the first {@code seqs} sequences ({@code rows} compact rows) of {@code a}'s buffers. */
+    private LayerActs firstRows(LayerActs a, int seqs, int rows) {
+        LayerActs v = new LayerActs();
+        v.residPre = rows(a.residPre, rows);
+        v.ln1Norm = rows(a.ln1Norm, rows);
+        v.ln1Scale = rows(a.ln1Scale, rows);
+        v.ln1Out = rows(a.ln1Out, rows);
+        v.q = seqs(a.q, seqs);
+        v.k = seqs(a.k, seqs);
+        v.v = seqs(a.v, seqs);
+        v.rotQ = seqs(a.rotQ, seqs);
+        v.rotK = seqs(a.rotK, seqs);
+        v.scores = seqs(a.scores, seqs);
+        v.pattern = seqs(a.pattern, seqs);
+        v.z = seqs(a.z, seqs);
+        v.attnOut = rows(a.attnOut, rows);
+        v.residMid = rows(a.residMid, rows);
+        v.ln2Norm = rows(a.ln2Norm, rows);
+        v.ln2Scale = rows(a.ln2Scale, rows);
+        v.ln2Out = rows(a.ln2Out, rows);
+        v.pre = rows(a.pre, rows);
+        v.preLinear = rows(a.preLinear, rows);
+        v.post = rows(a.post, rows);
+        v.mlpOut = rows(a.mlpOut, rows);
+        v.residPost = rows(a.residPost, rows);
+        return v;
+    }
+
+    /** The first {@code n} rows of a compact {@code [1, rows, ...]} tensor. */
+    private static Tensor rows(Tensor t, int n) {
+        if (t == null) return null;
+        int[] s = t.shape();
+        s[1] = n;
+        return Tensor.view(t.backend(), t.buffer(), t.offset(), t.dtype(), s);
+    }
+
+    private static Tensor seqs(Tensor t, int n) {
+        return t == null ? null : t.slice(0, n);
+    }
+
     /**
-     * q, k or v {@code out [B, T, n, d_head]} of a suffix pass: the computed rows projected into {@code src}
-     * {@code [P*T + rows, n, d_head]} after a copy of the reference's, then gathered into place.
+     * q, k or v {@code out [Bk, T, n, d_head]} of a suffix pass: the first {@code rows} computed rows projected
+     * into {@code src} {@code [P*T + rows, n, d_head]} after a copy of the reference's, then gathered into place.
      */
     private void suffixProjection(Tensor out, Tensor src, Tensor ref, Tensor ln1Out, Tensor split, Tensor weight, Tensor bias,
-                                  Weights.Layer lw, SuffixRows sr, int BT, int n, Scope scope) {
+                                  Weights.Layer lw, SuffixRows sr, int BT, int rows, int n, Scope scope) {
         int D = cfg.dHead(), PT = ref.dim(0) * ref.dim(1);
         src.slice(0, PT).copyFrom(ref.reshape(PT, n, D));
-        projection(src.slice(PT, PT + sr.rows).reshape(1, sr.rows, n, D), ln1Out, split, weight, bias, lw, 1, sr.rows, n, scope);
+        projection(src.slice(PT, PT + rows).reshape(1, rows, n, D), ln1Out, split, weight, bias, lw, 1, rows, n, scope);
         be.gatherRows(out.buffer(), out.offset(), src.buffer(), src.offset(), sr.expand.buffer(), sr.expand.offset(), BT, n * D);
     }
 

@@ -66,55 +66,61 @@ class SuffixPassTest {
         return t;
     }
 
-    @Test
-    void computedRowsEqualTheWholePass() {
-        for (Transformer t : List.of(gpt2, llama)) {
-            int L = t.config().nLayers(), C = t.config().dModel(), V = t.config().vocab();
-            int[][] tok = tokens(V, 5);
-            Transformer.Suffix probe = new Transformer.Suffix(FROM, null, null, null);
-            int rows = probe.rows(T);
-            assertEquals(29, rows);
-            boolean exact = t.suffixExact(rows, T);
-            System.out.println("SuffixPassTest " + t.config().family() + ": suffixExact(" + rows + ", " + T + ") = " + exact);
-            for (int start : new int[]{0, 1}) {
-                try (Scope s = new Scope(cpu)) {
-                    // The reference: the P prompts once, keeping q/k/v and resid_pre.
-                    Map<String, Tensor> ref = new HashMap<>();
-                    t.forward(s, Batch.of(tok), new Hooks().cache(n -> n.matches("blocks\\.\\d+\\.(attn\\.hook_[qkv]|hook_resid_pre)"), s, ref));
-                    // The whole pass over the copies, keeping every resid_post and z.
-                    Map<String, Tensor> whole = new HashMap<>();
-                    Tensor startResid = s.empty(COPIES * P, T, C);
-                    for (int c = 0; c < COPIES; c++) startResid.slice(c * P, (c + 1) * P).copyFrom(ref.get(HookPoint.RESID_PRE.name(start)));
-                    Transformer.Options range = Transformer.Options.range(start, startResid, Integer.MAX_VALUE, false).withLastLogitsOnly();
-                    Transformer.Forward w = t.forward(s, copies(tok),
-                            new Hooks().cache(n -> n.endsWith("hook_resid_post") || n.endsWith("hook_z"), s, whole), range);
-                    // The suffix pass.
-                    Map<String, Tensor> part = new HashMap<>();
-                    int[][] shapes = new int[2][];
-                    Hooks h = new Hooks().cache(n -> n.endsWith("hook_resid_post") || n.endsWith("hook_z"), s, part)
-                            .add(HookPoint.RESID_MID.name(start), (x, ctx) -> { shapes[0] = x.shape(); return null; })
-                            .add(HookPoint.PATTERN.name(start), (x, ctx) -> { shapes[1] = x.shape(); return null; });
-                    Transformer.Suffix sfx = new Transformer.Suffix(FROM, layers(ref, HookPoint.Q, L), layers(ref, HookPoint.K, L), layers(ref, HookPoint.V, L));
-                    Transformer.Forward f = t.forward(s, copies(tok), h, range.withSuffix(sfx));
+    static final int[] JOIN = {0, 0, 1, 2};   // sequences 2 and 3 join at blocks 1 and 2
 
-                    String what = t.config().family() + " from block " + start + (exact ? " (exact)" : " (tolerance)");
-                    assertArrayEquals(new int[]{1, rows, C}, shapes[0], "row-wise hooks see the compact rows");
-                    assertArrayEquals(new int[]{COPIES * P, t.config().nHeads(), T, T}, shapes[1], "attention hooks see whole sequences");
-                    int[] rowStart = sfx.rowStart(T);
-                    for (int l = start; l < L; l++) {
-                        float[] all = whole.get(HookPoint.RESID_POST.name(l)).toFloatArray();
-                        float[] got = part.get(HookPoint.RESID_POST.name(l)).toFloatArray();
-                        assertEquals(rows * C, got.length);
-                        for (int b = 0; b < FROM.length; b++) {
-                            float[] want = Arrays.copyOfRange(all, (b * T + FROM[b]) * C, (b + 1) * T * C);
-                            float[] have = Arrays.copyOfRange(got, rowStart[b] * C, rowStart[b + 1] * C);
-                            close(want, have, exact, what + " resid_post " + l + " sequence " + b);
-                        }
-                        close(whole.get(HookPoint.Z.name(l)).toFloatArray(), part.get(HookPoint.Z.name(l)).toFloatArray(), exact, what + " z " + l);
+    /**
+     * Unedited, every computed row is the reference run's: sequence b's positions from FROM[b] at blocks
+     * from JOIN[b] on, whole sequences in the attention core, and the last logits.
+     */
+    @Test
+    void computedRowsEqualTheReferenceRun() {
+        for (Transformer t : List.of(gpt2, llama)) {
+            int L = t.config().nLayers(), C = t.config().dModel(), H = t.config().nHeads(), D = t.config().dHead(), V = t.config().vocab();
+            int[][] tok = tokens(V, 5);
+            try (Scope s = new Scope(cpu)) {
+                Map<String, Tensor> ref = new HashMap<>();
+                t.forward(s, Batch.of(tok), new Hooks().cache(n -> n.matches("blocks\\.\\d+\\.(attn\\.hook_[qkvz]|hook_resid_(pre|post))"), s, ref));
+                float[] refLogits = t.forward(s, Batch.of(tok), Hooks.none(), Transformer.Options.DEFAULT.withLastLogitsOnly()).logits.toFloatArray();
+                Transformer.Suffix sfx = new Transformer.Suffix(FROM, JOIN, layers(ref, HookPoint.RESID_PRE, L),
+                        layers(ref, HookPoint.Q, L), layers(ref, HookPoint.K, L), layers(ref, HookPoint.V, L));
+                int rows = sfx.rows(T);
+                assertEquals(29, rows);
+                assertArrayEquals(new int[]{19, 20, 29}, sfx.heights(T, 0, L), "block heights: sequences joined by blocks 0, 1, 2");
+                boolean exact = true;
+                for (int h : sfx.heights(T, 0, L)) exact &= t.suffixExact(h, T);
+                System.out.println("SuffixPassTest " + t.config().family() + ": suffixExact at heights 19, 20, 29 = " + exact);
+
+                Map<String, Tensor> part = new HashMap<>();
+                int[][] shapes = new int[2][];
+                Hooks h = new Hooks().cache(n -> n.endsWith("hook_resid_post") || n.endsWith("hook_z"), s, part)
+                        .add(HookPoint.RESID_MID.name(1), (x, ctx) -> { shapes[0] = x.shape(); return null; })
+                        .add(HookPoint.PATTERN.name(1), (x, ctx) -> { shapes[1] = x.shape(); return null; });
+                Transformer.Options o = Transformer.Options.DEFAULT.withLastLogitsOnly().withSuffix(sfx);
+                Transformer.Forward f = t.forward(s, copies(tok), h, o);
+
+                String what = t.config().family() + (exact ? " (exact)" : " (tolerance)");
+                int[] rowStart = sfx.rowStart(T);
+                assertArrayEquals(new int[]{1, rowStart[3], C}, shapes[0], "block 1's row-wise hooks see the rows of the 3 sequences joined");
+                assertArrayEquals(new int[]{3, H, T, T}, shapes[1], "block 1's attention hooks see those 3 whole sequences");
+                for (int l = 0; l < L; l++) {
+                    int active = sfx.active(l);
+                    float[] refPost = ref.get(HookPoint.RESID_POST.name(l)).toFloatArray(), refZ = ref.get(HookPoint.Z.name(l)).toFloatArray();
+                    float[] post = part.get(HookPoint.RESID_POST.name(l)).toFloatArray(), z = part.get(HookPoint.Z.name(l)).toFloatArray();
+                    assertEquals(rowStart[active] * C, post.length, "block " + l + " computes the rows of the sequences joined");
+                    assertEquals(active * T * H * D, z.length);
+                    for (int b = 0; b < active; b++) {
+                        int p = b % P;
+                        close(Arrays.copyOfRange(refPost, (p * T + FROM[b]) * C, (p + 1) * T * C),
+                                Arrays.copyOfRange(post, rowStart[b] * C, rowStart[b + 1] * C), exact, what + " resid_post " + l + " sequence " + b);
+                        close(Arrays.copyOfRange(refZ, p * T * H * D, (p + 1) * T * H * D),
+                                Arrays.copyOfRange(z, b * T * H * D, (b + 1) * T * H * D), exact, what + " z " + l + " sequence " + b);
                     }
-                    assertArrayEquals(new int[]{COPIES * P, 1, V}, f.logits.shape());
-                    close(w.logits.toFloatArray(), f.logits.toFloatArray(), exact, what + " last logits");
                 }
+                float[] logits = f.logits.toFloatArray();
+                assertEquals(COPIES * P * V, logits.length);
+                for (int b = 0; b < COPIES * P; b++)
+                    close(Arrays.copyOfRange(refLogits, (b % P) * V, (b % P + 1) * V), Arrays.copyOfRange(logits, b * V, (b + 1) * V),
+                            exact, what + " last logits of sequence " + b);
             }
         }
     }
@@ -143,25 +149,28 @@ class SuffixPassTest {
         try (Scope s = new Scope(cpu)) {
             Map<String, Tensor> ref = new HashMap<>();
             gpt2.forward(s, Batch.of(tok), new Hooks().cache(n -> n.matches("blocks\\.\\d+\\.(attn\\.hook_[qkv]|hook_resid_pre)"), s, ref));
-            Tensor[] q = layers(ref, HookPoint.Q, L), k = layers(ref, HookPoint.K, L), v = layers(ref, HookPoint.V, L);
-            Tensor start = s.zeros(COPIES * P, T, gpt2.config().dModel());
-            Transformer.Options o = Transformer.Options.range(0, start, Integer.MAX_VALUE, false).withLastLogitsOnly();
+            Tensor[] pre = layers(ref, HookPoint.RESID_PRE, L), q = layers(ref, HookPoint.Q, L), k = layers(ref, HookPoint.K, L),
+                    v = layers(ref, HookPoint.V, L);
+            Transformer.Options o = Transformer.Options.DEFAULT.withLastLogitsOnly();
             Batch b = copies(tok);
             String[] messages = {
-                    run(() -> gpt2.forward(s, b, Hooks.none(), o.withSuffix(new Transformer.Suffix(new int[]{0, 1, 12, 0}, q, k, v)))),
-                    run(() -> gpt2.forward(s, b, Hooks.none(), o.withSuffix(new Transformer.Suffix(new int[]{0, 1}, q, k, v)))),
-                    run(() -> gpt2.forward(s, b, Hooks.none(), Transformer.Options.range(0, start, Integer.MAX_VALUE, false)
-                            .withSuffix(new Transformer.Suffix(FROM, q, k, v)))),
-                    run(() -> gpt2.forward(s, b, Hooks.none(), o.withSuffix(new Transformer.Suffix(FROM, q, null, v)))),
+                    run(() -> gpt2.forward(s, b, Hooks.none(), o.withSuffix(new Transformer.Suffix(new int[]{0, 1, 12, 0}, null, pre, q, k, v)))),
+                    run(() -> gpt2.forward(s, b, Hooks.none(), o.withSuffix(new Transformer.Suffix(new int[]{0, 1}, null, pre, q, k, v)))),
+                    run(() -> gpt2.forward(s, b, Hooks.none(), Transformer.Options.DEFAULT.withSuffix(new Transformer.Suffix(FROM, null, pre, q, k, v)))),
+                    run(() -> gpt2.forward(s, b, Hooks.none(), o.withSuffix(new Transformer.Suffix(FROM, null, pre, q, null, v)))),
                     run(() -> gpt2.forward(s, Batch.of(new int[][]{tok[0], tok[1], tok[0]}), Hooks.none(),
-                            Transformer.Options.range(0, s.zeros(3, T, gpt2.config().dModel()), Integer.MAX_VALUE, false).withLastLogitsOnly()
-                                    .withSuffix(new Transformer.Suffix(new int[]{0, 1, 2}, q, k, v)))),
+                            o.withSuffix(new Transformer.Suffix(new int[]{0, 1, 2}, null, pre, q, k, v)))),
+                    run(() -> gpt2.forward(s, b, Hooks.none(), o.withSuffix(new Transformer.Suffix(FROM, new int[]{0, 2, 1, 2}, pre, q, k, v)))),
+                    run(() -> gpt2.forward(s, b, Hooks.none(), new Transformer.Options(false, null, 0, s.zeros(4, T, 256), Integer.MAX_VALUE, true)
+                            .withSuffix(new Transformer.Suffix(FROM, null, pre, q, k, v)))),
             };
             assertTrue(messages[0].contains("position 12"), messages[0]);
             assertTrue(messages[1].contains("2 first positions for a batch of 4"), messages[1]);
             assertTrue(messages[2].contains("lastLogitsOnly"), messages[2]);
             assertTrue(messages[3].contains("reference k"), messages[3]);
             assertTrue(messages[4].contains("not copies"), messages[4]);
+            assertTrue(messages[5].contains("in order"), messages[5]);
+            assertTrue(messages[6].contains("start residual"), messages[6]);
         }
     }
 

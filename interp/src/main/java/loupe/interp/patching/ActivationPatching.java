@@ -73,7 +73,7 @@ public final class ActivationPatching implements AutoCloseable {
     }
 
     /** Upper bound of rows per patched forward pass when none is set (and memory allows). */
-    public static final int DEFAULT_MAX_ROWS = 64;
+    public static final int DEFAULT_MAX_ROWS = 256;
 
     private final Transformer model;
     private final ModelConfig cfg;
@@ -89,6 +89,8 @@ public final class ActivationPatching implements AutoCloseable {
     /** The target run's {@code hook_q/k/v} per layer (what suffix passes take for earlier positions), on first use. */
     private Tensor[] targetQ, targetK, targetV;
     private long rowsComputed;
+    /** {@link #plainValues} per metric (by identity). */
+    private final Map<Metric, float[]> plainValueCache = new java.util.IdentityHashMap<>();
     private Direction direction = Direction.DENOISING;
     private int maxBatch;
     private ProgressListener listener = ProgressListener.NONE;
@@ -114,7 +116,6 @@ public final class ActivationPatching implements AutoCloseable {
         this.prompts = clean.size();
         this.length = clean.length();
         this.cacheScope = new Scope(be);
-        this.maxBatch = defaultMaxRows(cfg, length);
     }
 
     /** Sets the direction (default {@link Direction#DENOISING}); cached activations are dropped. */
@@ -131,8 +132,8 @@ public final class ActivationPatching implements AutoCloseable {
 
     /**
      * Sets the most rows (cells x prompts) one patched forward pass may hold; at least one cell always
-     * runs. The default fits the logits and activations of a pass in about 256 MB, up to
-     * {@link #DEFAULT_MAX_ROWS}.
+     * runs. The default fits the logits and activations of a pass in about 256 MB (a metric of the last
+     * position needs logits of one position per row), up to {@link #DEFAULT_MAX_ROWS}.
      */
     public ActivationPatching maxBatch(int rows) {
         if (rows < 1) throw new LoupeException("patching: max batch must be at least 1, got " + rows);
@@ -140,8 +141,13 @@ public final class ActivationPatching implements AutoCloseable {
         return this;
     }
 
+    /** The most rows per pass: as set, or the default for a metric reading every position's logits. */
     public int maxBatch() {
-        return maxBatch;
+        return maxBatch > 0 ? maxBatch : defaultMaxRows(cfg, length, false);
+    }
+
+    private int maxBatch(Metric metric) {
+        return maxBatch > 0 ? maxBatch : defaultMaxRows(cfg, length, metric.lastPositionOnly());
     }
 
     /**
@@ -160,8 +166,9 @@ public final class ActivationPatching implements AutoCloseable {
     }
 
     /** Rows per pass such that logits and one layer's activations take about 256 MB. */
-    static int defaultMaxRows(ModelConfig c, int pos) {
-        long floatsPerRow = (long) pos * (c.vocab() + 16L * c.dModel() + 3L * c.dMlp() + 2L * c.nHeads() * pos);
+    static int defaultMaxRows(ModelConfig c, int pos, boolean lastLogitsOnly) {
+        long floatsPerRow = (long) pos * (16L * c.dModel() + 3L * c.dMlp() + 2L * c.nHeads() * pos)
+                + (lastLogitsOnly ? 1L : pos) * c.vocab();
         long budget = 64L << 20;   // floats
         return (int) Math.max(1, Math.min(DEFAULT_MAX_ROWS, budget / Math.max(1, floatsPerRow)));
     }
@@ -170,24 +177,57 @@ public final class ActivationPatching implements AutoCloseable {
 
     /** The metric's cell value on the unpatched clean run. */
     public float cleanValue(Metric metric) {
-        return plainValue(clean, metric);
+        return plainValues(metric)[0];
     }
 
     /** The metric's cell value on the unpatched corrupted run. */
     public float corruptedValue(Metric metric) {
-        return plainValue(corrupted, metric);
+        return plainValues(metric)[1];
     }
 
-    /** The metric of a plain run of {@code b}; when b is the target, the run also keeps what sweeps need of it. */
-    private float plainValue(Batch b, Metric metric) {
+    /**
+     * The metric on the clean and the corrupted run, from one forward pass of both prompt sets (a
+     * sequence's numbers do not depend on its batch), remembered per metric. The first such run also
+     * keeps what sweeps need of the runs: the target's resid_pre and q/k/v, the source's resid_pre.
+     */
+    private float[] plainValues(Metric metric) {
+        float[] v = plainValueCache.get(metric);
+        if (v != null) return v;
+        Set<String> target = targetNames(), source = new java.util.HashSet<>();
+        if (!sourcePoints.contains(HookPoint.RESID_PRE))
+            for (int l = 0; l < cfg.nLayers(); l++) source.add(HookPoint.RESID_PRE.name(l));
         Map<String, Tensor> got = new HashMap<>();
-        Set<String> keep = b == target() ? targetNames() : Set.of();
+        boolean keep = !target.isEmpty() || !source.isEmpty();
         try (Scope s = new Scope(be)) {
-            Hooks hooks = keep.isEmpty() ? Hooks.none() : new Hooks().cache(keep::contains, cacheScope, got);
-            Transformer.Forward f = model.forward(s, b, hooks, options(metric, Transformer.Options.DEFAULT));
-            if (!keep.isEmpty()) keepTarget(got);
-            return metric.evaluate(f.logits, prompts)[0];
+            Hooks hooks = keep ? new Hooks().cache(n -> target.contains(n) || source.contains(n), cacheScope, got) : Hooks.none();
+            Transformer.Forward f = model.forward(s, both(), hooks, options(metric, Transformer.Options.DEFAULT));
+            v = metric.evaluate(f.logits, prompts);   // [clean, corrupted]
         }
+        // Rows [0, P) are the clean prompts, [P, 2P) the corrupted ones.
+        int src = direction == Direction.DENOISING ? 0 : prompts, tgt = prompts - src;
+        Map<String, Tensor> targetActs = new HashMap<>();
+        got.forEach((name, t) -> {
+            if (target.contains(name)) targetActs.put(name, t.slice(tgt, tgt + prompts));
+            if (source.contains(name)) sourceActs.put(name, t.slice(src, src + prompts));
+        });
+        if (!target.isEmpty()) keepTarget(targetActs);
+        if (!source.isEmpty()) sourcePoints.add(HookPoint.RESID_PRE);
+        plainValueCache.put(metric, v);
+        return v;
+    }
+
+    /** The clean prompts, then the corrupted ones. */
+    private Batch both() {
+        int[][] tok = new int[2 * prompts][], mask = clean.mask() == null ? null : new int[2 * prompts][];
+        for (int i = 0; i < prompts; i++) {
+            tok[i] = clean.tokens()[i];
+            tok[prompts + i] = corrupted.tokens()[i];
+            if (mask != null) {
+                mask[i] = clean.mask()[i];
+                mask[prompts + i] = corrupted.mask()[i];
+            }
+        }
+        return new Batch(tok, mask);
     }
 
     // ------------------------------------------------------------------ TransformerLens's sweeps
@@ -310,37 +350,58 @@ public final class ActivationPatching implements AutoCloseable {
 
     /**
      * The metric of each cell, {@code out[i]} for {@code cells[i]}, each cell patched on its own
-     * (TransformerLens's semantics), run batched: cells grouped by layer, at most {@link #maxBatch} rows
-     * per forward pass, each pass starting at the cells' block.
+     * (TransformerLens's semantics), run batched with at most {@link #maxBatch} rows per forward pass.
+     * When every cell is at a position and the metric reads the last one, cells of all layers share
+     * suffix passes (each cell joining at its block, from its position); otherwise passes hold cells of
+     * one layer and start at their block.
      */
     public float[] run(List<PatchCell> cells, Metric metric) {
         EnumSet<HookPoint> points = EnumSet.noneOf(HookPoint.class);
-        List<List<Integer>> byLayer = new ArrayList<>();
-        for (int l = 0; l < cfg.nLayers(); l++) byLayer.add(new ArrayList<>());
-        for (int i = 0; i < cells.size(); i++) {
-            PatchCell c = check(cells.get(i));
+        boolean suffixable = metric.lastPositionOnly(), skips = false;
+        for (PatchCell c : cells) {
+            check(c);
             points.add(c.point());
-            byLayer.get(c.layer()).add(i);
+            // Per-head GEMMs (hook_result, split inputs) are not among those suffixExact probes.
+            suffixable &= c.point() != HookPoint.RESULT && !c.point().onDemand;
+            skips |= c.firstAffectedPos() > 0;
         }
+        suffixable &= skips;
         ensureSource(points);
         ensureTarget();
 
         rowsComputed = 0;
         float[] out = new float[cells.size()];
-        int perPass = Math.max(1, maxBatch / prompts);
+        int perPass = Math.max(1, maxBatch(metric) / prompts);
+        List<Integer> byLayer = new ArrayList<>();
+        for (int i = 0; i < cells.size(); i++) byLayer.add(i);
+        byLayer.sort(java.util.Comparator.comparingInt(i -> cells.get(i).layer()));
         long done = 0;
-        for (int l = 0; l < cfg.nLayers(); l++) {
-            List<Integer> idx = byLayer.get(l);
-            for (int from = 0; from < idx.size(); from += perPass) {
-                List<Integer> chunk = idx.subList(from, Math.min(idx.size(), from + perPass));
-                List<PatchCell> chunkCells = new ArrayList<>(chunk.size());
-                for (int i : chunk) chunkCells.add(cells.get(i));
-                float[] v = runPass(l, chunkCells, metric);
-                for (int j = 0; j < chunk.size(); j++) out[chunk.get(j)] = v[j];
-                done += chunk.size();
-                listener.progress(done, cells.size());
+        for (int c0 = 0; c0 < byLayer.size(); ) {
+            List<Integer> chunk;
+            float[] v = null;
+            if (suffixable) {
+                chunk = byLayer.subList(c0, Math.min(byLayer.size(), c0 + perPass));
+                v = suffixPass(pick(cells, chunk), metric);
             }
+            if (v == null) {
+                // One layer's cells per whole pass.
+                int layer = cells.get(byLayer.get(c0)).layer(), c1 = c0;
+                while (c1 < byLayer.size() && c1 - c0 < perPass && cells.get(byLayer.get(c1)).layer() == layer) c1++;
+                chunk = byLayer.subList(c0, c1);
+                v = wholePass(layer, pick(cells, chunk), metric);
+            }
+            chunk = byLayer.subList(c0, c0 + v.length);
+            for (int j = 0; j < v.length; j++) out[chunk.get(j)] = v[j];
+            c0 += v.length;
+            done += v.length;
+            listener.progress(done, cells.size());
         }
+        return out;
+    }
+
+    private static List<PatchCell> pick(List<PatchCell> cells, List<Integer> idx) {
+        List<PatchCell> out = new ArrayList<>(idx.size());
+        for (int i : idx) out.add(cells.get(i));
         return out;
     }
 
@@ -371,54 +432,90 @@ public final class ActivationPatching implements AutoCloseable {
                 return null;
             });
         }
-        return forwardFrom(scope, first, target(), 1, hooks, null, null).logits;
+        return forwardFrom(scope, first, target(), 1, hooks, null).logits;
+    }
+
+    /** One batched whole pass for cells of block {@code layer}: one value per cell (cell j owns sequences [j*P, (j+1)*P)). */
+    private float[] wholePass(int layer, List<PatchCell> cells, Metric metric) {
+        rowsComputed += (long) cells.size() * prompts * length * (cfg.nLayers() - layer);
+        try (Scope s = new Scope(be)) {
+            return metric.evaluate(forwardFrom(s, layer, target(), cells.size(), patchHooks(cells, null, null), metric).logits, prompts);
+        }
     }
 
     /**
-     * One batched forward pass for cells of block {@code layer}: one value per cell. Cell j owns sequences
-     * {@code [j*P, (j+1)*P)}; a suffix pass computes each from its cell's first affected position.
+     * One suffix pass for {@code cells} (sorted by layer): each joins at its block and is computed from its
+     * first affected position; null when the backend would not give the loop's bits (then whole passes run).
      */
-    private float[] runPass(int layer, List<PatchCell> cells, Metric metric) {
+    private float[] suffixPass(List<PatchCell> cells, Metric metric) {
         int n = cells.size(), seqs = n * prompts;
-        int[] from = new int[seqs];
-        boolean suffixable = metric.lastPositionOnly();
-        for (int j = 0; j < n; j++) {
-            PatchCell c = cells.get(j);
-            suffixable &= c.point() != HookPoint.RESULT && !c.point().onDemand;   // per-head GEMMs: not probed
-            for (int p = 0; p < prompts; p++) from[j * prompts + p] = c.firstAffectedPos();
-        }
-        Transformer.Suffix sfx = null;
-        int[] rowStart = null;
-        if (suffixable && Arrays.stream(from).anyMatch(f -> f > 0)) {
-            roundRows(from);
-            if (model.suffixExact(new Transformer.Suffix(from, null, null, null).rows(length), length)) {
-                sfx = new Transformer.Suffix(from, targetQ, targetK, targetV);
-                rowStart = sfx.rowStart(length);
+        int[] from = new int[seqs], join = new int[seqs];
+        for (int j = 0; j < n; j++)
+            for (int p = 0; p < prompts; p++) {
+                from[j * prompts + p] = cells.get(j).firstAffectedPos();
+                join[j * prompts + p] = cells.get(j).layer();
             }
+        // Each block's GEMM height is the rows of the sequences joined by then: round each layer's rows.
+        for (int s0 = 0; s0 < seqs; ) {
+            int s1 = s0;
+            while (s1 < seqs && join[s1] == join[s0]) s1++;
+            roundRows(from, s0, s1);
+            s0 = s1;
         }
-        rowsComputed += (long) (sfx == null ? seqs * length : sfx.rows(length)) * (cfg.nLayers() - layer);
+        int first = join[0];
+        Transformer.Suffix sfx = new Transformer.Suffix(from, join, targetResidPre, targetQ, targetK, targetV);
+        for (int h : sfx.heights(length, first, cfg.nLayers()))
+            if (!model.suffixExact(h, length)) return null;
+        int[] rowStart = sfx.rowStart(length);
+        for (int l = first; l < cfg.nLayers(); l++) rowsComputed += rowStart[sfx.active(l)];
         try (Scope s = new Scope(be)) {
-            // One hook per hook name, copying each of its cells' slices (into compact rows where the pass has them).
-            Map<String, List<Integer>> byName = new LinkedHashMap<>();
-            for (int j = 0; j < n; j++) byName.computeIfAbsent(cells.get(j).hookName(), k -> new ArrayList<>()).add(j);
-            Hooks hooks = new Hooks();
-            for (Map.Entry<String, List<Integer>> e : byName.entrySet()) {
-                Tensor src = sourceActs.get(e.getKey());
-                List<Integer> js = e.getValue();
-                boolean compact = sfx != null && !Transformer.Suffix.fullRows(cells.get(js.get(0)).point());
-                int[] rs = rowStart;
-                HookFn patch = (x, ctx) -> {
-                    for (int j : js) {
-                        if (compact) cells.get(j).copyIntoRows(src, x, j * prompts, from, rs);
-                        else cells.get(j).copy(src, x, j * prompts);
-                    }
-                    return null;
-                };
-                hooks.add(e.getKey(), patch);
-            }
-            Transformer.Forward f = forwardFrom(s, layer, target(), n, hooks, metric, sfx);
-            return metric.evaluate(f.logits, prompts);
+            Transformer.Options o = options(metric, new Transformer.Options(false, null, first, null, Integer.MAX_VALUE, false))
+                    .withSuffix(sfx);
+            return metric.evaluate(model.forward(s, replicate(target(), n), patchHooks(cells, from, rowStart), o).logits, prompts);
         }
+    }
+
+    /**
+     * One hook per hook name, copying each of its cells' slices into the cell's sequences (into compact
+     * rows, for a suffix pass's row-wise points: {@code from}/{@code rowStart} non-null).
+     */
+    private Hooks patchHooks(List<PatchCell> cells, int[] from, int[] rowStart) {
+        Map<String, List<Integer>> byName = new LinkedHashMap<>();
+        for (int j = 0; j < cells.size(); j++) byName.computeIfAbsent(cells.get(j).hookName(), k -> new ArrayList<>()).add(j);
+        Hooks hooks = new Hooks();
+        for (Map.Entry<String, List<Integer>> e : byName.entrySet()) {
+            Tensor src = sourceActs.get(e.getKey());
+            List<Integer> js = e.getValue();
+            boolean compact = from != null && !Transformer.Suffix.fullRows(cells.get(js.get(0)).point());
+            HookFn patch = (x, ctx) -> {
+                for (int j : js) {
+                    if (compact) cells.get(j).copyIntoRows(src, x, j * prompts, from, rowStart);
+                    else cells.get(j).copy(src, x, j * prompts);
+                }
+                return null;
+            };
+            hooks.add(e.getKey(), patch);
+        }
+        return hooks;
+    }
+
+    /**
+     * A forward pass of {@code copies} copies of {@code batch} (copy-major), starting at block
+     * {@code layer} from the target run's cached residual (from the embedding when layer is 0); with a
+     * {@code metric}, only the logits it reads are computed ({@link Metric#options}), else all of them.
+     */
+    private Transformer.Forward forwardFrom(Scope s, int layer, Batch batch, int copies, Hooks hooks, Metric metric) {
+        Batch rows = replicate(batch, copies);
+        Transformer.Options plain = options(metric, Transformer.Options.DEFAULT);
+        if (layer == 0) return model.forward(s, rows, hooks, plain);
+        Tensor pre = targetResidPre[layer];                   // [P, pos, d_model]
+        int rowBlock = Math.toIntExact(pre.numel());
+        Tensor start = s.zeros(copies * prompts, length, cfg.dModel());
+        // start[j] = pre for every copy j: a strided copy whose source stride over copies is 0.
+        be.copyStrided(start.buffer(), start.offset(), new long[]{0, 0, rowBlock, 1},
+                pre.buffer(), pre.offset(), new long[]{0, 0, 0, 1}, new int[]{1, 1, copies, rowBlock}, false);
+        Transformer.Options o = Transformer.Options.range(layer, start, Integer.MAX_VALUE, false);
+        return model.forward(s, rows, hooks, options(metric, o));
     }
 
     /**
@@ -428,15 +525,16 @@ public final class ActivationPatching implements AutoCloseable {
     private static final int ROW_MULTIPLE = 16;
 
     /**
-     * Starts sequences earlier until the rows a suffix pass computes are a multiple of {@link #ROW_MULTIPLE}
-     * (or all start at 0): recomputing a position gives the reference's bits, so only speed changes.
+     * Starts sequences {@code [s0, s1)} earlier until the rows they compute are a multiple of
+     * {@link #ROW_MULTIPLE} (or all start at 0): recomputing a position gives the reference's bits, so
+     * only speed changes.
      */
-    private void roundRows(int[] from) {
+    private void roundRows(int[] from, int s0, int s1) {
         long rows = 0;
-        for (int f : from) rows += length - f;
+        for (int b = s0; b < s1; b++) rows += length - from[b];
         for (long extra = Math.floorMod(-rows, ROW_MULTIPLE); extra > 0; extra--) {
-            int latest = 0;
-            for (int b = 1; b < from.length; b++) if (from[b] > from[latest]) latest = b;
+            int latest = s0;
+            for (int b = s0 + 1; b < s1; b++) if (from[b] > from[latest]) latest = b;
             if (from[latest] == 0) return;
             from[latest]--;
         }
@@ -498,6 +596,8 @@ public final class ActivationPatching implements AutoCloseable {
             throw new LoupeException("patching: layer " + c.layer() + " of " + c + " is out of range: the model has " + cfg.nLayers() + " blocks");
         if (!c.point().existsIn(cfg))
             throw new LoupeException("patching: this " + cfg.family() + " model has no " + c.hookName() + " hook");
+        if (c.pos() >= length || c.srcPos() >= length)
+            throw new LoupeException("patching: " + c + " indexes past the activation: the prompts have " + length + " positions");
         return c;
     }
 
@@ -521,8 +621,8 @@ public final class ActivationPatching implements AutoCloseable {
     }
 
     /**
-     * Runs the target prompts once (unless a {@link #corruptedValue}/{@link #cleanValue} run of them already
-     * did), keeping every block's resid_pre (where patched passes start) and hook_q/k/v (what suffix passes
+     * Runs the target prompts once (unless a {@link #cleanValue}/{@link #corruptedValue} run already did),
+     * keeping every block's resid_pre (where patched passes start) and hook_q/k/v (what suffix passes
      * take for the positions they do not compute).
      */
     private void ensureTarget() {
