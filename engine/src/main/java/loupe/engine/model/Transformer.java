@@ -117,7 +117,10 @@ public final class Transformer {
         public Tensor embed, posEmbed, tokens, positions, keyValid;
         public LayerActs[] layers;
         public Tensor lnFinalNorm, lnFinalScale, lnFinalOut;
-        /** The residual after the last block run (the input of the final norm when all blocks ran). */
+        /**
+         * The residual after the last block run (the input of the final norm when all blocks ran); with
+         * {@code lastLogitsOnly} it may hold each sequence's last position only ({@code [1, batch, d_model]}).
+         */
         public Tensor residFinal;
         public int batch, pos;
         /** The first block whose q, k or v a hook on a split input edited (-1: none); the backward refuses those. */
@@ -313,6 +316,7 @@ public final class Transformer {
 
         f.layers = new LayerActs[cfg.nLayers()];
         LayerActs shared = null;
+        boolean lastRowsOnly = false;   // the last block went on with each sequence's last position only
         for (int l = startLayer; l < stopLayer; l++) {
             // This block's sequences (Bk) and row-wise shape [rb, rt, ...]: all of them, or in a suffix pass
             // those joined by now, whose rows come first; sequences joining here start from the reference.
@@ -373,33 +377,49 @@ public final class Transformer {
             }
             attention(a, qUsed, keys, values, kvRows, Bk, T, tk, past, keyValidBuf, keyValidOff, hk, l, scope);
 
-            // z of the computed rows (a suffix pass attends over whole sequences, then goes on with its rows).
+            // The rows that go on: a suffix pass's computed ones (it attended over whole sequences), or, in the
+            // last block of a pass that wants the last position's logits only, each sequence's last position.
             Tensor z = a.z;
-            if (sr != null) {
+            lastRowsOnly = lastRowsSuffice(opts, hk, l, stopLayer, B, T, R);
+            if (lastRowsOnly) {
+                int[] zRow = new int[B], rRow = new int[B];
+                for (int b = 0; b < B; b++) {
+                    zRow[b] = b * T + T - 1;
+                    rRow[b] = sr == null ? zRow[b] : sr.rowStart[b + 1] - 1;
+                }
+                z = scope.empty(1, B, H, D);
+                Tensor residLast = scope.empty(1, B, C), zi = scope.fromInts(zRow, B), ri = scope.fromInts(rRow, B);
+                be.gatherRows(z.buffer(), z.offset(), a.z.buffer(), a.z.offset(), zi.buffer(), zi.offset(), B, H * D);
+                be.gatherRows(residLast.buffer(), residLast.offset(), a.residPre.buffer(), a.residPre.offset(), ri.buffer(), ri.offset(), B, C);
+                a = lastRows(a, residLast, B);
+                f.layers[l] = a;
+            } else if (sr != null) {
                 z = Tensor.view(be, sr.z.buffer(), sr.z.offset(), Tensor.DTypeKind.F32, 1, rt, H, D);
                 be.gatherRows(z.buffer(), z.offset(), a.z.buffer(), a.z.offset(), sr.fresh.buffer(), sr.fresh.offset(), R, H * D);
             }
+            // (the last rows as one run [1, B, ...]: one GEMM of B rows, as sameRowBits was asked about)
+            final int ob = lastRowsOnly ? 1 : rb, ot = lastRowsOnly ? B : rt, oR = ob * ot;
             // Output projection; per-head results only when someone looks at them.
             if (hk.active(slot(HookPoint.RESULT, l))) {
-                a.result = scope.empty(rb, rt, H, C);
+                a.result = scope.empty(ob, ot, H, C);
                 // result[bt, h, :] = z[bt, h, :] · W_O[:, h*D:(h+1)*D]ᵀ, batched over heads.
-                be.gemm(false, true, R, C, D, 1f, z.buffer(), z.offset(), H * D, D,
+                be.gemm(false, true, oR, C, D, 1f, z.buffer(), z.offset(), H * D, D,
                         lw.wO.buffer(), lw.wO.offset(), H * D, D, 0f, a.result.buffer(), a.result.offset(), H * C, C, H);
                 if (hk.fire(slot(HookPoint.RESULT, l), a.result, HookPoint.RESULT, l, scope, past)) {
                     // A hook may have edited a head's result: attn_out is their sum.
-                    sumHeads(a.attnOut, a.result, R, H, C);
-                    if (lw.bO != null) be.addBias(a.attnOut.buffer(), a.attnOut.offset(), lw.bO.buffer(), lw.bO.offset(), R, C);
+                    sumHeads(a.attnOut, a.result, oR, H, C);
+                    if (lw.bO != null) be.addBias(a.attnOut.buffer(), a.attnOut.offset(), lw.bO.buffer(), lw.bO.offset(), oR, C);
                 } else {
                     // Only read: the usual projection, so that caching hook_result changes no number.
-                    linear(a.attnOut, z, lw.wO, lw.bO, rb, rt);
+                    linear(a.attnOut, z, lw.wO, lw.bO, ob, ot);
                 }
             } else {
-                linear(a.attnOut, z, lw.wO, lw.bO, rb, rt);
+                linear(a.attnOut, z, lw.wO, lw.bO, ob, ot);
             }
             fire(hk, HookPoint.ATTN_OUT, l, a.attnOut, scope, past);
             if (cfg.attnOnly()) {
                 // No MLP: the block's output is resid_pre + attn_out.
-                be.add(a.residPost.buffer(), a.residPost.offset(), a.residPre.buffer(), a.residPre.offset(), a.attnOut.buffer(), a.attnOut.offset(), (long) R * C);
+                be.add(a.residPost.buffer(), a.residPost.offset(), a.residPre.buffer(), a.residPre.offset(), a.attnOut.buffer(), a.attnOut.offset(), (long) oR * C);
             } else {
                 // resid_mid = resid_pre + attn_out, and ln2 of it in the same pass unless a hook in between may
                 // edit (the fused op gives the same bits, so readers see what they would see anyway).
@@ -409,19 +429,19 @@ public final class Transformer {
                     be.addNorm(a.residMid.buffer(), a.residMid.offset(), a.residPre.buffer(), a.residPre.offset(),
                             a.attnOut.buffer(), a.attnOut.offset(), a.ln2Out.buffer(), a.ln2Out.offset(),
                             a.ln2Norm.buffer(), a.ln2Norm.offset(), a.ln2Scale.buffer(), a.ln2Scale.offset(),
-                            buf(lw.ln2W), off(lw.ln2W), buf(lw.ln2B), off(lw.ln2B), R, C, cfg.normEps(),
+                            buf(lw.ln2W), off(lw.ln2W), buf(lw.ln2B), off(lw.ln2B), oR, C, cfg.normEps(),
                             cfg.norm() == ModelConfig.Norm.RMS_NORM);
                 } else {
-                    be.add(a.residMid.buffer(), a.residMid.offset(), a.residPre.buffer(), a.residPre.offset(), a.attnOut.buffer(), a.attnOut.offset(), (long) R * C);
+                    be.add(a.residMid.buffer(), a.residMid.offset(), a.residPre.buffer(), a.residPre.offset(), a.attnOut.buffer(), a.attnOut.offset(), (long) oR * C);
                 }
                 fire(hk, HookPoint.RESID_MID, l, a.residMid, scope, past);
-                mlp(a, lw, rb, rt, M, hk, l, scope, past, fuse);
+                mlp(a, lw, ob, ot, M, hk, l, scope, past, fuse);
             }
             // resid_post is the next block's resid_pre: an edit there must not reach a kept resid_post.
             int post = slot(HookPoint.RESID_POST, l);
             if (hk.active(post))
                 hk.fire(post, a.residPost, HookPoint.RESID_POST, l, scope, past, l + 1 < stopLayer ? slot(HookPoint.RESID_PRE, l + 1) : -1);
-            resid = full.residPost;   // (all rows' buffer; this block wrote its first rt)
+            resid = lastRowsOnly ? a.residPost : full.residPost;   // (all rows' buffer; this block wrote its first rows)
             if (!opts.keepActivations()) {
                 // The next block reuses these buffers, except those a hook saw (a reader may keep them).
                 handOverHooked(full, hk, l, scope);
@@ -438,7 +458,10 @@ public final class Transformer {
         // ---- final norm and unembedding (of every position, or of the last one only)
         int TL = T;
         Tensor finalIn = resid;
-        if (sr != null) {
+        if (lastRowsOnly) {
+            TL = 1;   // resid holds each sequence's last position already
+            finalIn = resid.reshape(B, 1, C);
+        } else if (sr != null) {
             TL = 1;   // lastLogitsOnly: the last computed row of each sequence
             finalIn = scope.empty(B, 1, C);
             be.gatherRows(finalIn.buffer(), finalIn.offset(), resid.buffer(), resid.offset(), sr.last.buffer(), sr.last.offset(), B, C);
@@ -654,6 +677,70 @@ public final class Transformer {
         int C = cfg.dModel();
         be.gatherRows(resid.buffer(), resid.offset() + (long) r0 * C, ref.buffer(), ref.offset(), sr.refRow.buffer(),
                 sr.refRow.offset() + r0, r1 - r0, C);
+    }
+
+    /**
+     * Whether block {@code l} may go on after attention with each sequence's last position only: it is the
+     * last block of a pass that wants the last position's logits, no hook reads the rows after attention,
+     * there are other rows to drop, and the backend gives a row the same bits in a GEMM of B rows as in
+     * one of T (so the logits are those of the whole block; see {@link Backend#sameRowBits}).
+     */
+    private boolean lastRowsSuffice(Options opts, Hooks.Bound hk, int l, int stopLayer, int B, int T, int rows) {
+        if (!opts.lastLogitsOnly() || opts.keepActivations() || l != cfg.nLayers() - 1 || stopLayer != cfg.nLayers() || rows <= B)
+            return false;
+        for (HookPoint p : List.of(HookPoint.RESULT, HookPoint.ATTN_OUT, HookPoint.RESID_MID, HookPoint.LN2_SCALE, HookPoint.LN2_NORMALIZED,
+                HookPoint.MLP_IN, HookPoint.MLP_PRE, HookPoint.MLP_PRE_LINEAR, HookPoint.MLP_POST, HookPoint.MLP_OUT, HookPoint.RESID_POST))
+            if (p.existsIn(cfg) && hk.active(slot(p, l))) return false;
+        Weights.Layer lw = w.layers[l];
+        List<Tensor> ws = new ArrayList<>(List.of(lw.wO));
+        if (!cfg.attnOnly()) {
+            ws.add(lw.wIn);
+            ws.add(lw.wOut);
+            if (cfg.gatedMlp()) ws.add(lw.wGate);
+        }
+        for (Tensor wt : ws)
+            if (!be.sameRowBits(true, B, T, wt.dim(0), wt.dim(1), wt.buffer(), wt.offset(), wt.dim(1))) return false;
+        return true;
+    }
+
+    /**
+     * {@code a} with its activations after attention as {@code [1, B, ...]} views of the first rows of its
+     * buffers (each sequence's last position, as one run), entering with {@code residLast}.
+     */
+    private static LayerActs lastRows(LayerActs a, Tensor residLast, int B) {
+        LayerActs v = new LayerActs();
+        v.ln1Norm = a.ln1Norm;
+        v.ln1Scale = a.ln1Scale;
+        v.ln1Out = a.ln1Out;
+        v.q = a.q;
+        v.k = a.k;
+        v.v = a.v;
+        v.rotQ = a.rotQ;
+        v.rotK = a.rotK;
+        v.scores = a.scores;
+        v.pattern = a.pattern;
+        v.z = a.z;
+        v.residPre = residLast;
+        v.attnOut = lastRow(a.attnOut, B);
+        v.residMid = lastRow(a.residMid, B);
+        v.ln2Norm = lastRow(a.ln2Norm, B);
+        v.ln2Scale = lastRow(a.ln2Scale, B);
+        v.ln2Out = lastRow(a.ln2Out, B);
+        v.pre = lastRow(a.pre, B);
+        v.preLinear = lastRow(a.preLinear, B);
+        v.post = lastRow(a.post, B);
+        v.mlpOut = lastRow(a.mlpOut, B);
+        v.residPost = lastRow(a.residPost, B);
+        return v;
+    }
+
+    /** {@code [1, B, ...]} over the first B rows of a row-wise tensor ({@code [B, T, ...]} or {@code [1, rows, ...]}). */
+    private static Tensor lastRow(Tensor t, int B) {
+        if (t == null) return null;
+        int[] s = t.shape();
+        s[0] = 1;
+        s[1] = B;
+        return Tensor.view(t.backend(), t.buffer(), t.offset(), t.dtype(), s);
     }
 
     /** A block's activations over the first {@code seqs} sequences ({@code rows} compact rows) of {@code a}'s buffers. */

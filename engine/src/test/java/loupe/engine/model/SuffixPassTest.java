@@ -133,6 +133,37 @@ class SuffixPassTest {
         assertEquals(false, gpt2.suffixExact(8, 16), "fewer rows than a sequence are never promised");
     }
 
+    /**
+     * With lastLogitsOnly, the last block goes on after attention with each sequence's last position only
+     * (residFinal [1, B, d_model]) when the GEMMs allow it, giving the logits of the whole block bit for
+     * bit; a hook reading the rows after attention keeps the whole block.
+     */
+    @Test
+    void theLastBlockGoesOnWithTheLastPositionsOnly() {
+        for (Transformer t : List.of(gpt2, llama)) {
+            int L = t.config().nLayers(), C = t.config().dModel(), V = t.config().vocab(), B = 32;
+            int[][] tok = new int[B][];
+            int[][] base = tokens(V, 8);
+            for (int b = 0; b < B; b++) tok[b] = base[b % P];
+            Weights.Layer lw = t.weights().layers[L - 1];
+            boolean allowed = true;
+            for (Tensor w : t.config().gatedMlp() ? List.of(lw.wO, lw.wIn, lw.wOut, lw.wGate) : List.of(lw.wO, lw.wIn, lw.wOut))
+                allowed &= cpu.sameRowBits(true, B, T, w.dim(0), w.dim(1), w.buffer(), w.offset(), w.dim(1));
+            assertTrue(allowed, "OpenBLAS rounds a row the same at 32 and 12 rows for d_model 256");
+            try (Scope s = new Scope(cpu)) {
+                Transformer.Forward last = t.forward(s, Batch.of(tok), Hooks.none(), Transformer.Options.DEFAULT.withLastLogitsOnly());
+                // The same unembedding path (one row per sequence), the last block whole: a hook reads its mlp_out.
+                Map<String, Tensor> kept = new HashMap<>();
+                Transformer.Forward whole = t.forward(s, Batch.of(tok), new Hooks().cache(HookPoint.MLP_OUT.name(L - 1)::equals, s, kept),
+                        Transformer.Options.DEFAULT.withLastLogitsOnly());
+                assertArrayEquals(new int[]{1, B, C}, last.residFinal.shape(), t.config().family() + ": the last block ran the last positions only");
+                assertArrayEquals(new int[]{B, T, C}, whole.residFinal.shape(), "a hook on mlp_out keeps every position");
+                assertArrayEquals(whole.logits.toFloatArray(), last.logits.toFloatArray(), t.config().family() + ": bit for bit");
+                assertEquals(B * V, last.logits.numel());
+            }
+        }
+    }
+
     static void close(float[] want, float[] have, boolean exact, String what) {
         assertEquals(want.length, have.length, what);
         for (int i = 0; i < want.length; i++) {
