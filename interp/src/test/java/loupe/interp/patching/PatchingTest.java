@@ -189,6 +189,34 @@ class PatchingTest {
         }
     }
 
+    /** Left-padded prompts of different lengths: suffix passes (wide models) still equal the loop exactly. */
+    @Test
+    void paddedPromptsInSuffixPassesEqualTheLoop() {
+        for (Model m : List.of(wideGpt2, wideLlama)) {
+            Transformer t = m.transformer();
+            int V = m.config().vocab();
+            int[][] r = TestModels.randomTokens(21, 2, 12, V);
+            int[] a = r[0], b = Arrays.copyOf(r[1], 9);
+            int[] a2 = a.clone(), b2 = b.clone();
+            a2[3] = (a2[3] + 7) % V;
+            b2[6] = (b2[6] + 3) % V;
+            Batch clean = Batch.leftPadded(0, a, b), corrupted = Batch.leftPadded(0, a2, b2);
+            Metric raw = Metrics.logitDiff(new int[]{1, 2}, new int[]{3, 4});
+            for (Sweep sw : List.of(Sweep.RESID_PRE, Sweep.ATTN_OUT, Sweep.HEAD_OUT_BY_POS, Sweep.PATTERN_BY_POS)) {
+                PatchCell[] cells = sw.cells(m.config(), 12);
+                float[] loop = LoopReference.run(t, clean, corrupted, cells, raw, true);
+                try (ActivationPatching ap = new ActivationPatching(t, clean, corrupted)) {
+                    float[] batched = ap.run(sw, raw).values();
+                    String what = m.config().family() + " (wide, padded) " + sw;
+                    LoopReference.assertClose(loop, batched, what);
+                    long whole = 0;
+                    for (PatchCell c : cells) whole += 2L * 12 * (m.config().nLayers() - c.layer());
+                    assertTrue(ap.rowsComputed() < whole, what + ": " + ap.rowsComputed() + " of " + whole + " rows computed");
+                }
+            }
+        }
+    }
+
     @Test
     void lossAndProbabilityMetricsMatchTheHostComputation() {
         for (Model m : List.of(gpt2(), llama)) {
