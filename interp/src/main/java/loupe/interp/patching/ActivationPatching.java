@@ -88,6 +88,8 @@ public final class ActivationPatching implements AutoCloseable {
     private Tensor[] targetResidPre;
     /** The target run's {@code hook_q/k/v} per layer (what suffix passes take for earlier positions), on first use. */
     private Tensor[] targetQ, targetK, targetV;
+    /** The target run's last {@code hook_resid_post} {@code [P, pos, d_model]}: its logits without a pass. */
+    private Tensor targetResidFinal;
     private long rowsComputed;
     /** {@link #plainValues} per metric (by identity). */
     private final Map<Metric, float[]> plainValueCache = new java.util.IdentityHashMap<>();
@@ -126,6 +128,7 @@ public final class ActivationPatching implements AutoCloseable {
             sourcePoints.clear();
             targetResidPre = null;   // memory stays in cacheScope until close: a direction change is rare
             targetQ = targetK = targetV = null;
+            targetResidFinal = null;
         }
         return this;
     }
@@ -372,10 +375,18 @@ public final class ActivationPatching implements AutoCloseable {
         rowsComputed = 0;
         float[] out = new float[cells.size()];
         int perPass = Math.max(1, maxBatch(metric) / prompts);
+        // A cell whose slice holds the same bits in both runs (e.g. a position before the first differing
+        // token) changes nothing: it gets the unpatched target's value, and no pass.
+        boolean[] unchanged = unchanged(cells);
         List<Integer> byLayer = new ArrayList<>();
-        for (int i = 0; i < cells.size(); i++) byLayer.add(i);
+        for (int i = 0; i < cells.size(); i++) if (!unchanged[i]) byLayer.add(i);
         byLayer.sort(java.util.Comparator.comparingInt(i -> cells.get(i).layer()));
-        long done = 0;
+        long done = cells.size() - byLayer.size();
+        if (done > 0) {
+            float v = unpatchedValue(metric);
+            for (int i = 0; i < cells.size(); i++) if (unchanged[i]) out[i] = v;
+            listener.progress(done, cells.size());
+        }
         for (int c0 = 0; c0 < byLayer.size(); ) {
             List<Integer> chunk;
             float[] v = null;
@@ -397,6 +408,37 @@ public final class ActivationPatching implements AutoCloseable {
             listener.progress(done, cells.size());
         }
         return out;
+    }
+
+    /**
+     * Which cells patch a slice that holds the same bits in the source and the target run, for points whose
+     * target activation is kept (resid_pre, q, k, v); other points are never skipped.
+     */
+    private boolean[] unchanged(List<PatchCell> cells) {
+        boolean[] same = new boolean[cells.size()];
+        Map<String, float[][]> host = new HashMap<>();
+        for (int i = 0; i < cells.size(); i++) {
+            PatchCell c = cells.get(i);
+            Tensor target = switch (c.point()) {
+                case RESID_PRE -> targetResidPre[c.layer()];
+                case Q -> targetQ[c.layer()];
+                case K -> targetK[c.layer()];
+                case V -> targetV[c.layer()];
+                default -> null;
+            };
+            if (target == null) continue;
+            float[][] acts = host.computeIfAbsent(c.hookName(), n -> new float[][]{sourceActs.get(n).toFloatArray(), target.toFloatArray()});
+            same[i] = c.sameSlice(acts[0], acts[1], target.shape());
+        }
+        return same;
+    }
+
+    /** The metric on the target run as it is (what a cell that changes nothing gives): its final norm and unembedding again. */
+    private float unpatchedValue(Metric metric) {
+        try (Scope s = new Scope(be)) {
+            Transformer.Options o = Transformer.Options.range(cfg.nLayers(), targetResidFinal, Integer.MAX_VALUE, false);
+            return metric.evaluate(model.forward(s, target(), Hooks.none(), options(metric, o)).logits, prompts)[0];
+        }
     }
 
     private static List<PatchCell> pick(List<PatchCell> cells, List<Integer> idx) {
@@ -540,27 +582,6 @@ public final class ActivationPatching implements AutoCloseable {
         }
     }
 
-    /**
-     * A forward pass of {@code copies} copies of {@code batch} (copy-major), starting at block
-     * {@code layer} from the target run's cached residual (from the embedding when layer is 0 and no
-     * {@code suffix}); with a {@code metric}, only the logits it reads are computed ({@link Metric#options}),
-     * else all of them.
-     */
-    private Transformer.Forward forwardFrom(Scope s, int layer, Batch batch, int copies, Hooks hooks, Metric metric,
-                                            Transformer.Suffix suffix) {
-        Batch rows = replicate(batch, copies);
-        Transformer.Options plain = options(metric, Transformer.Options.DEFAULT);
-        if (layer == 0 && suffix == null) return model.forward(s, rows, hooks, plain);
-        Tensor pre = targetResidPre[layer];                   // [P, pos, d_model]
-        int rowBlock = Math.toIntExact(pre.numel());
-        Tensor start = s.zeros(copies * prompts, length, cfg.dModel());
-        // start[j] = pre for every copy j: a strided copy whose source stride over copies is 0.
-        be.copyStrided(start.buffer(), start.offset(), new long[]{0, 0, rowBlock, 1},
-                pre.buffer(), pre.offset(), new long[]{0, 0, 0, 1}, new int[]{1, 1, copies, rowBlock}, false);
-        Transformer.Options o = Transformer.Options.range(layer, start, Integer.MAX_VALUE, false).withSuffix(suffix);
-        return model.forward(s, rows, hooks, options(metric, o));
-    }
-
     /** {@code base} narrowed to what {@code metric} reads (null: everything), its token ids checked first. */
     private Transformer.Options options(Metric metric, Transformer.Options base) {
         if (metric == null) return base;
@@ -641,6 +662,7 @@ public final class ActivationPatching implements AutoCloseable {
         Set<String> names = new java.util.HashSet<>();
         for (int l = 0; l < cfg.nLayers(); l++)
             for (HookPoint p : List.of(HookPoint.RESID_PRE, HookPoint.Q, HookPoint.K, HookPoint.V)) names.add(p.name(l));
+        names.add(HookPoint.RESID_POST.name(cfg.nLayers() - 1));
         return names;
     }
 
@@ -649,6 +671,7 @@ public final class ActivationPatching implements AutoCloseable {
         targetQ = layers(got, HookPoint.Q);
         targetK = layers(got, HookPoint.K);
         targetV = layers(got, HookPoint.V);
+        targetResidFinal = got.get(HookPoint.RESID_POST.name(cfg.nLayers() - 1));
     }
 
     private Tensor[] layers(Map<String, Tensor> got, HookPoint p) {

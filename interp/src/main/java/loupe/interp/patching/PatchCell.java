@@ -97,31 +97,31 @@ public record PatchCell(HookPoint point, int layer, int pos, int head, int srcPo
             if (s[i] != t[i])
                 throw new LoupeException("patching: source activation " + java.util.Arrays.toString(s) + " and target "
                         + java.util.Arrays.toString(t) + " at " + hookName() + " differ after the batch dimension");
-        // Each batch row seen as [d1, d2, d3], and the selected index (or ALL) along each.
-        int d1, d2, d3, i1, i2, i3;
-        switch (layout()) {
-            case POS -> {
-                d1 = 1; d2 = s[1]; d3 = trailing(s, 2);
-                i1 = ALL; i2 = pos; i3 = ALL;
-            }
-            case POS_HEAD -> {
-                d1 = s[1]; d2 = s[2]; d3 = trailing(s, 3);
-                i1 = pos; i2 = head; i3 = ALL;
-            }
-            default -> {
-                d1 = s[1]; d2 = s[2]; d3 = s[3];
-                i1 = head; i2 = pos; i3 = srcPos;
-            }
-        }
-        check(i1, d1);
-        check(i2, d2);
-        check(i3, d3);
+        Slice sl = slice(s);
+        int d1 = sl.d1, d2 = sl.d2, d3 = sl.d3, i1 = sl.i1, i2 = sl.i2, i3 = sl.i3;
         long row = (long) d1 * d2 * d3;
         long[] strides = {row, (long) d2 * d3, d3, 1};
         int[] shape = {P, i1 == ALL ? d1 : 1, i2 == ALL ? d2 : 1, i3 == ALL ? d3 : 1};
         long off = (i1 == ALL ? 0 : (long) i1 * d2 * d3) + (i2 == ALL ? 0 : (long) i2 * d3) + (i3 == ALL ? 0 : i3);
         target.backend().copyStrided(target.buffer(), target.offset() + firstRow * row + off, strides,
                 source.buffer(), source.offset() + off, strides, shape, false);
+    }
+
+    /**
+     * Whether this cell's slice holds the same bits in {@code a} and {@code b}, two activations of shape
+     * {@code shape} ({@code [P, ...]}, on the host): then patching it writes what is already there.
+     */
+    public boolean sameSlice(float[] a, float[] b, int[] shape) {
+        Slice sl = slice(shape);
+        int P = shape[0], d1 = sl.d1, d2 = sl.d2, d3 = sl.d3, i1 = sl.i1, i2 = sl.i2, i3 = sl.i3;
+        for (int p = 0; p < P; p++)
+            for (int x = i1 == ALL ? 0 : i1; x < (i1 == ALL ? d1 : i1 + 1); x++)
+                for (int y = i2 == ALL ? 0 : i2; y < (i2 == ALL ? d2 : i2 + 1); y++)
+                    for (int z = i3 == ALL ? 0 : i3; z < (i3 == ALL ? d3 : i3 + 1); z++) {
+                        int i = ((p * d1 + x) * d2 + y) * d3 + z;
+                        if (Float.floatToRawIntBits(a[i]) != Float.floatToRawIntBits(b[i])) return false;
+                    }
+        return true;
     }
 
     /**
@@ -164,6 +164,21 @@ public record PatchCell(HookPoint point, int layer, int pos, int head, int srcPo
             target.backend().copyStrided(target.buffer(), dst, strides, source.buffer(), src, strides,
                     new int[]{1, t1 - t0, nh, d3}, false);
         }
+    }
+
+    /** Each batch row of an activation {@code [P, ...]} seen as {@code [d1, d2, d3]}, and the index (or ALL) selected along each. */
+    private record Slice(int d1, int d2, int d3, int i1, int i2, int i3) {}
+
+    private Slice slice(int[] s) {
+        Slice sl = switch (layout()) {
+            case POS -> new Slice(1, s[1], trailing(s, 2), ALL, pos, ALL);
+            case POS_HEAD -> new Slice(s[1], s[2], trailing(s, 3), pos, head, ALL);
+            case HEAD_DEST_SRC -> new Slice(s[1], s[2], s[3], head, pos, srcPos);
+        };
+        check(sl.i1, sl.d1);
+        check(sl.i2, sl.d2);
+        check(sl.i3, sl.d3);
+        return sl;
     }
 
     private void check(int index, int size) {

@@ -189,6 +189,36 @@ class PatchingTest {
         }
     }
 
+    /**
+     * Cells whose slice is the same in both runs (positions before the first differing token) run no pass
+     * and get the corrupted run's value, bit for bit what the loop gives them.
+     */
+    @Test
+    void cellsThatChangeNothingRunNoPass() {
+        for (Model m : List.of(gpt2(), llama, wideLlama)) {
+            Transformer t = m.transformer();
+            int V = m.config().vocab(), T = 8;
+            int[] clean = TestModels.randomTokens(31, 1, T, V)[0], corrupted = clean.clone();
+            corrupted[5] = (corrupted[5] + 1) % V;
+            Metric raw = Metrics.logitDiff(1, 2);
+            List<PatchCell> before = new java.util.ArrayList<>(), all = new java.util.ArrayList<>();
+            for (int l = 0; l < m.config().nLayers(); l++)
+                for (int p = 0; p < T; p++) {
+                    all.add(PatchCell.atPos(HookPoint.RESID_PRE, l, p));
+                    all.add(new PatchCell(HookPoint.K, l, p, 0, PatchCell.ALL));
+                    if (p < 5) before.addAll(all.subList(all.size() - 2, all.size()));
+                }
+            try (ActivationPatching ap = new ActivationPatching(t, Batch.of(clean), Batch.of(corrupted))) {
+                float corruptedValue = ap.corruptedValue(raw);
+                float[] v = ap.run(before, raw);
+                assertEquals(0, ap.rowsComputed(), m.config().family() + ": no pass for cells before position 5");
+                for (float x : v) assertEquals(corruptedValue, x, 0f);
+                float[] loop = LoopReference.run(t, Batch.of(clean), Batch.of(corrupted), all.toArray(new PatchCell[0]), raw, true);
+                LoopReference.assertClose(loop, ap.run(all, raw), m.config().family() + " mixed cells");
+            }
+        }
+    }
+
     /** Left-padded prompts of different lengths: suffix passes (wide models) still equal the loop exactly. */
     @Test
     void paddedPromptsInSuffixPassesEqualTheLoop() {
