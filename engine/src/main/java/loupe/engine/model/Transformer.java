@@ -704,83 +704,55 @@ public final class Transformer {
     }
 
     /**
-     * {@code a} with its activations after attention as {@code [1, B, ...]} views of the first rows of its
-     * buffers (each sequence's last position, as one run), entering with {@code residLast}.
+     * {@code a} going on with each sequence's last position only: its row-wise activations as
+     * {@code [1, B, ...]} views of the first rows of its buffers (one run), entering with {@code residLast}.
      */
     private static LayerActs lastRows(LayerActs a, Tensor residLast, int B) {
-        LayerActs v = new LayerActs();
-        v.ln1Norm = a.ln1Norm;
-        v.ln1Scale = a.ln1Scale;
-        v.ln1Out = a.ln1Out;
-        v.q = a.q;
-        v.k = a.k;
-        v.v = a.v;
-        v.rotQ = a.rotQ;
-        v.rotK = a.rotK;
-        v.scores = a.scores;
-        v.pattern = a.pattern;
-        v.z = a.z;
+        LayerActs v = views(a, t -> t, t -> rowsView(t, B));
         v.residPre = residLast;
-        v.attnOut = lastRow(a.attnOut, B);
-        v.residMid = lastRow(a.residMid, B);
-        v.ln2Norm = lastRow(a.ln2Norm, B);
-        v.ln2Scale = lastRow(a.ln2Scale, B);
-        v.ln2Out = lastRow(a.ln2Out, B);
-        v.pre = lastRow(a.pre, B);
-        v.preLinear = lastRow(a.preLinear, B);
-        v.post = lastRow(a.post, B);
-        v.mlpOut = lastRow(a.mlpOut, B);
-        v.residPost = lastRow(a.residPost, B);
         return v;
-    }
-
-    /** {@code [1, B, ...]} over the first B rows of a row-wise tensor ({@code [B, T, ...]} or {@code [1, rows, ...]}). */
-    private static Tensor lastRow(Tensor t, int B) {
-        if (t == null) return null;
-        int[] s = t.shape();
-        s[0] = 1;
-        s[1] = B;
-        return Tensor.view(t.backend(), t.buffer(), t.offset(), t.dtype(), s);
     }
 
     /** A block's activations over the first {@code seqs} sequences ({@code rows} compact rows) of {@code a}'s buffers. */
-    private LayerActs firstRows(LayerActs a, int seqs, int rows) {
+    private static LayerActs firstRows(LayerActs a, int seqs, int rows) {
+        return views(a, t -> t.slice(0, seqs), t -> rowsView(t, rows));
+    }
+
+    /** {@code a}'s tensors as views: the attention core's through {@code core}, the row-wise ones through {@code rowWise}. */
+    private static LayerActs views(LayerActs a, java.util.function.UnaryOperator<Tensor> core, java.util.function.UnaryOperator<Tensor> rowWise) {
+        java.util.function.UnaryOperator<Tensor> c = t -> t == null ? null : core.apply(t), r = t -> t == null ? null : rowWise.apply(t);
         LayerActs v = new LayerActs();
-        v.residPre = rows(a.residPre, rows);
-        v.ln1Norm = rows(a.ln1Norm, rows);
-        v.ln1Scale = rows(a.ln1Scale, rows);
-        v.ln1Out = rows(a.ln1Out, rows);
-        v.q = seqs(a.q, seqs);
-        v.k = seqs(a.k, seqs);
-        v.v = seqs(a.v, seqs);
-        v.rotQ = seqs(a.rotQ, seqs);
-        v.rotK = seqs(a.rotK, seqs);
-        v.scores = seqs(a.scores, seqs);
-        v.pattern = seqs(a.pattern, seqs);
-        v.z = seqs(a.z, seqs);
-        v.attnOut = rows(a.attnOut, rows);
-        v.residMid = rows(a.residMid, rows);
-        v.ln2Norm = rows(a.ln2Norm, rows);
-        v.ln2Scale = rows(a.ln2Scale, rows);
-        v.ln2Out = rows(a.ln2Out, rows);
-        v.pre = rows(a.pre, rows);
-        v.preLinear = rows(a.preLinear, rows);
-        v.post = rows(a.post, rows);
-        v.mlpOut = rows(a.mlpOut, rows);
-        v.residPost = rows(a.residPost, rows);
+        v.residPre = r.apply(a.residPre);
+        v.ln1Norm = r.apply(a.ln1Norm);
+        v.ln1Scale = r.apply(a.ln1Scale);
+        v.ln1Out = r.apply(a.ln1Out);
+        v.q = c.apply(a.q);
+        v.k = c.apply(a.k);
+        v.v = c.apply(a.v);
+        v.rotQ = c.apply(a.rotQ);
+        v.rotK = c.apply(a.rotK);
+        v.scores = c.apply(a.scores);
+        v.pattern = c.apply(a.pattern);
+        v.z = c.apply(a.z);
+        v.attnOut = r.apply(a.attnOut);
+        v.residMid = r.apply(a.residMid);
+        v.ln2Norm = r.apply(a.ln2Norm);
+        v.ln2Scale = r.apply(a.ln2Scale);
+        v.ln2Out = r.apply(a.ln2Out);
+        v.pre = r.apply(a.pre);
+        v.preLinear = r.apply(a.preLinear);
+        v.post = r.apply(a.post);
+        v.mlpOut = r.apply(a.mlpOut);
+        v.residPost = r.apply(a.residPost);
         return v;
     }
 
-    /** The first {@code n} rows of a compact {@code [1, rows, ...]} tensor. */
-    private static Tensor rows(Tensor t, int n) {
-        if (t == null) return null;
+    /** {@code [1, n, ...]} over the first n rows of a row-wise tensor ({@code [B, T, ...]} or {@code [1, rows, ...]}). */
+    private static Tensor rowsView(Tensor t, int n) {
         int[] s = t.shape();
+        s[0] = 1;
         s[1] = n;
         return Tensor.view(t.backend(), t.buffer(), t.offset(), t.dtype(), s);
-    }
-
-    private static Tensor seqs(Tensor t, int n) {
-        return t == null ? null : t.slice(0, n);
     }
 
     /**
