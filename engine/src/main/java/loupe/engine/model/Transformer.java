@@ -303,14 +303,13 @@ public final class Transformer {
         SuffixRows sr = sfx == null ? null : suffixRows(scope, sfx, opts, B, T, startLayer, stopLayer);
         final int RB = sr == null ? B : 1, RT = sr == null ? T : sr.rows;
         Tensor resid = scope.empty(RB, RT, C);
-        if (sr != null) {
-            // Rows come from the reference's resid_pre as their sequences join (in the loop).
-        } else if (startLayer > 0) {
+        // (A suffix pass's rows come from the reference's resid_pre as their sequences join, in the loop.)
+        if (sr == null && startLayer > 0) {
             if (!java.util.Arrays.equals(opts.startResid().shape(), new int[]{B, T, C}))
                 throw new LoupeException("forward: start residual has shape " + java.util.Arrays.toString(opts.startResid().shape())
                         + ", expected [" + B + ", " + T + ", " + C + "]");
             resid.copyFrom(opts.startResid());
-        } else {
+        } else if (sr == null) {
             embed(f, resid, hk, scope, past, B, T, BT, C);
         }
 
