@@ -180,6 +180,7 @@ final class BenchCommand implements Runnable {
                             Tensor a = s.zeros((int) n), c = s.zeros((int) n);
                             times = time(2, Math.max(iters, 10), () -> c.copyFrom(a));
                         }
+                        r.put("bytes", 2L * n * 4);   // STREAM's convention, as torch_ref.py: read + written
                         r.put("gb_per_s", 2.0 * n * 4 / median(times) / 1e6);
                     }
                     default -> {

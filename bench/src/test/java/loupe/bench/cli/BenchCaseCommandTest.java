@@ -2,6 +2,7 @@ package loupe.bench.cli;
 
 import loupe.engine.Fixtures;
 import loupe.engine.io.Json;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
 
@@ -19,6 +20,22 @@ class BenchCaseCommandTest {
     @ParameterizedTest
     @ValueSource(strings = {"forward", "forward_cached", "patching", "jacobian", "generate"})
     void printsOneJsonLineOfTimings(String which) {
+        Map<?, ?> r = run(which);
+        assertEquals(which, r.get("case"));
+        assertEquals(2, ((List<?>) r.get("times_ms")).size());
+        assertTrue(((Number) r.get("median_ms")).doubleValue() > 0, r.toString());
+    }
+
+    /** The copy case reports the bytes it moves (read + written, as torch_ref.py), from which the table takes its rate. */
+    @Test
+    void copyReportsItsBytes() {
+        Map<?, ?> r = run("copy");
+        double bytes = ((Number) r.get("bytes")).doubleValue(), median = ((Number) r.get("median_ms")).doubleValue();
+        assertEquals(2.0 * 256 * (1 << 20), bytes);
+        assertEquals(bytes / median / 1e6, ((Number) r.get("gb_per_s")).doubleValue(), 1e-9 * bytes / median);
+    }
+
+    static Map<?, ?> run(String which) {
         PrintStream old = System.out;
         ByteArrayOutputStream buf = new ByteArrayOutputStream();
         int rc;
@@ -31,9 +48,6 @@ class BenchCaseCommandTest {
         }
         String out = buf.toString(StandardCharsets.UTF_8).trim();
         assertEquals(0, rc, out);
-        Map<?, ?> r = (Map<?, ?>) Json.parse(out.substring(out.lastIndexOf('\n') + 1), "bench case output");
-        assertEquals(which, r.get("case"));
-        assertEquals(2, ((List<?>) r.get("times_ms")).size());
-        assertTrue(((Number) r.get("median_ms")).doubleValue() > 0, out);
+        return (Map<?, ?>) Json.parse(out.substring(out.lastIndexOf('\n') + 1), "bench case output");
     }
 }
