@@ -12,7 +12,6 @@ import java.lang.foreign.MemorySegment;
 import java.nio.ByteOrder;
 import java.util.Optional;
 import java.util.concurrent.ForkJoinPool;
-import java.util.concurrent.RecursiveAction;
 
 import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
 import static java.lang.foreign.ValueLayout.JAVA_INT;
@@ -122,7 +121,12 @@ public final class CpuBackend implements Backend {
         void run(int start, int end);
     }
 
-    /** Runs {@code body} over {@code [0, n)} split into contiguous chunks, one per thread. */
+    /**
+     * Runs {@code body} over {@code [0, n)} split into contiguous chunks, one per thread. The calling
+     * thread takes chunks too, and pool workers take what is left when they wake: a worker that wakes
+     * late (its core busy, e.g. with OpenBLAS's spinning threads) delays nothing, it finds no chunk.
+     * Which thread runs a chunk never changes its numbers.
+     */
     private void parallel(int n, long workPerItem, RangeBody body) {
         // Small ops are not worth a fork: the hand-off costs a few microseconds.
         if (threads == 1 || n < 2 || (long) n * workPerItem < 32_768) {
@@ -130,22 +134,27 @@ public final class CpuBackend implements Backend {
             return;
         }
         int chunks = Math.min(n, threads);
-        forkJoin.invoke(new RecursiveAction() {
-            @Override
-            protected void compute() {
-                RecursiveAction[] tasks = new RecursiveAction[chunks];
-                for (int c = 0; c < chunks; c++) {
-                    int s = (int) ((long) n * c / chunks), e = (int) ((long) n * (c + 1) / chunks);
-                    tasks[c] = new RecursiveAction() {
-                        @Override
-                        protected void compute() {
-                            body.run(s, e);
-                        }
-                    };
+        java.util.concurrent.atomic.AtomicInteger next = new java.util.concurrent.atomic.AtomicInteger(),
+                done = new java.util.concurrent.atomic.AtomicInteger();
+        java.util.concurrent.atomic.AtomicReference<Throwable> failure = new java.util.concurrent.atomic.AtomicReference<>();
+        Runnable take = () -> {
+            for (int c; (c = next.getAndIncrement()) < chunks; ) {
+                try {
+                    body.run((int) ((long) n * c / chunks), (int) ((long) n * (c + 1) / chunks));
+                } catch (Throwable t) {
+                    failure.compareAndSet(null, t);
+                } finally {
+                    done.incrementAndGet();
                 }
-                invokeAll(tasks);
             }
-        });
+        };
+        for (int h = 1; h < chunks; h++) forkJoin.execute(take);
+        take.run();
+        while (done.get() < chunks) Thread.onSpinWait();   // only chunks already running remain
+        Throwable t = failure.get();
+        if (t instanceof RuntimeException re) throw re;
+        if (t instanceof Error e) throw e;
+        if (t != null) throw new IllegalStateException(t);
     }
 
     private static float get(MemorySegment s, long i) {
