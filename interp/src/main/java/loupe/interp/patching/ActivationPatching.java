@@ -354,9 +354,9 @@ public final class ActivationPatching implements AutoCloseable {
     /**
      * The metric of each cell, {@code out[i]} for {@code cells[i]}, each cell patched on its own
      * (TransformerLens's semantics), run batched with at most {@link #maxBatch} rows per forward pass.
-     * When every cell is at a position and the metric reads the last one, cells of all layers share
-     * suffix passes (each cell joining at its block, from its position); otherwise passes hold cells of
-     * one layer and start at their block.
+     * When cells are at positions, the metric reads the last one and the backend keeps the loop's bits
+     * that way, cells of all layers share suffix passes (each joining at its block, computed from its
+     * position on); otherwise passes hold cells of one layer and start at their block.
      */
     public float[] run(List<PatchCell> cells, Metric metric) {
         EnumSet<HookPoint> points = EnumSet.noneOf(HookPoint.class);
@@ -388,20 +388,14 @@ public final class ActivationPatching implements AutoCloseable {
             listener.progress(done, cells.size());
         }
         for (int c0 = 0; c0 < byLayer.size(); ) {
-            List<Integer> chunk;
-            float[] v = null;
-            if (suffixable) {
-                chunk = byLayer.subList(c0, Math.min(byLayer.size(), c0 + perPass));
-                v = suffixPass(pick(cells, chunk), metric);
-            }
+            float[] v = suffixable ? suffixPass(pick(cells, byLayer.subList(c0, Math.min(byLayer.size(), c0 + perPass))), metric) : null;
             if (v == null) {
                 // One layer's cells per whole pass.
                 int layer = cells.get(byLayer.get(c0)).layer(), c1 = c0;
                 while (c1 < byLayer.size() && c1 - c0 < perPass && cells.get(byLayer.get(c1)).layer() == layer) c1++;
-                chunk = byLayer.subList(c0, c1);
-                v = wholePass(layer, pick(cells, chunk), metric);
+                v = wholePass(layer, pick(cells, byLayer.subList(c0, c1)), metric);
             }
-            chunk = byLayer.subList(c0, c0 + v.length);
+            List<Integer> chunk = byLayer.subList(c0, c0 + v.length);
             for (int j = 0; j < v.length; j++) out[chunk.get(j)] = v[j];
             c0 += v.length;
             done += v.length;
@@ -643,8 +637,8 @@ public final class ActivationPatching implements AutoCloseable {
 
     /**
      * Runs the target prompts once (unless a {@link #cleanValue}/{@link #corruptedValue} run already did),
-     * keeping every block's resid_pre (where patched passes start) and hook_q/k/v (what suffix passes
-     * take for the positions they do not compute).
+     * keeping every block's resid_pre (where patched passes start), hook_q/k/v (what suffix passes take
+     * for the positions they do not compute) and the last resid_post (the unpatched logits, again).
      */
     private void ensureTarget() {
         Set<String> names = targetNames();
