@@ -586,14 +586,26 @@ public final class Transformer {
     public boolean suffixExact(int rows, int pos) {
         if (rows < pos) return false;   // short GEMMs take other kernels; and little is saved
         Weights.Layer lw = w.layers[0];
-        List<Tensor> ws = new ArrayList<>(List.of(lw.wQ, lw.wK, lw.wV, lw.wO));
+        List<Tensor> ws = new ArrayList<>(List.of(lw.wQ, lw.wK, lw.wV));
+        ws.addAll(weightsAfterAttention(lw));
+        return sameRowBits(ws, rows, pos);
+    }
+
+    /** A block's weights after attention: W_O and the MLP's. */
+    private List<Tensor> weightsAfterAttention(Weights.Layer lw) {
+        List<Tensor> ws = new ArrayList<>(List.of(lw.wO));
         if (!cfg.attnOnly()) {
             ws.add(lw.wIn);
             ws.add(lw.wOut);
             if (cfg.gatedMlp()) ws.add(lw.wGate);
         }
+        return ws;
+    }
+
+    /** Whether the backend rounds each row of a GEMM against every one of {@code ws} the same at both heights. */
+    private boolean sameRowBits(List<Tensor> ws, int rows, int refRows) {
         for (Tensor wt : ws)
-            if (!be.sameRowBits(true, rows, pos, wt.dim(0), wt.dim(1), wt.buffer(), wt.offset(), wt.dim(1))) return false;
+            if (!be.sameRowBits(true, rows, refRows, wt.dim(0), wt.dim(1), wt.buffer(), wt.offset(), wt.dim(1))) return false;
         return true;
     }
 
@@ -690,16 +702,7 @@ public final class Transformer {
         for (HookPoint p : List.of(HookPoint.RESULT, HookPoint.ATTN_OUT, HookPoint.RESID_MID, HookPoint.LN2_SCALE, HookPoint.LN2_NORMALIZED,
                 HookPoint.MLP_IN, HookPoint.MLP_PRE, HookPoint.MLP_PRE_LINEAR, HookPoint.MLP_POST, HookPoint.MLP_OUT, HookPoint.RESID_POST))
             if (p.existsIn(cfg) && hk.active(slot(p, l))) return false;
-        Weights.Layer lw = w.layers[l];
-        List<Tensor> ws = new ArrayList<>(List.of(lw.wO));
-        if (!cfg.attnOnly()) {
-            ws.add(lw.wIn);
-            ws.add(lw.wOut);
-            if (cfg.gatedMlp()) ws.add(lw.wGate);
-        }
-        for (Tensor wt : ws)
-            if (!be.sameRowBits(true, B, T, wt.dim(0), wt.dim(1), wt.buffer(), wt.offset(), wt.dim(1))) return false;
-        return true;
+        return sameRowBits(weightsAfterAttention(w.layers[l]), B, T);
     }
 
     /**
